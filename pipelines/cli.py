@@ -1,0 +1,77 @@
+"""The ``shrink`` console script: one subcommand per job.
+
+``shrink embed ...`` is the same as ``python -m pipelines.embed ...``; every
+job module exposes ``run(argv)`` and takes standard Beam pipeline options.
+
+Exit codes are trustworthy: 0 on success, 1 with a one-line message on a
+failure, 2 on a usage error. Processes that ran tf.Transform can segfault
+while the interpreter tears down, after the work succeeded; we therefore
+flush and leave with ``os._exit`` so that teardown never decides the code.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import traceback
+
+COMMANDS = {
+    "embed": ("pipelines.embed", "corpus -> 512-d embedding TFRecord shards"),
+    "sample-corpus": ("pipelines.sample_corpus", "write the built-in synthetic financial-news corpus"),
+    "train": ("trainer.task", "train the tied autoencoder on embedding shards, export a reduction head"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: shrink <command> [options]  (shrink <command> --help for its options)", "", "commands:"]
+    lines += [f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def exit_now(code: int) -> None:
+    """Flush and exit without interpreter teardown (see module docstring)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
+def run_job(module_name: str, argv: list[str]) -> int:
+    """Run ``module.run(argv)``; return the process exit code it deserves."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        importlib.import_module(module_name).run(argv)
+        return 0
+    except SystemExit as e:  # argparse: --help is 0, a usage error 2
+        return e.code if isinstance(e.code, int) else 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the top level turns any failure into a message
+        if os.environ.get("SHRINK_DEBUG"):
+            traceback.print_exc()
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        print("(set SHRINK_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        exit_now(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        exit_now(2)
+    exit_now(run_job(COMMANDS[command][0], rest))
+
+
+def module_main(module_name: str) -> None:
+    """``python -m pipelines.<job>`` entry point with the same exit-code rules."""
+    exit_now(run_job(module_name, sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

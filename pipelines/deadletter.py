@@ -1,0 +1,36 @@
+"""Dead-letter records: every input that could not be embedded, with a reason.
+
+Each line of the dead-letter output is a JSON object with ``reason``,
+``source`` (file), ``raw`` (the record as text, undecodable bytes shown as
+``\\xNN`` escapes) and, where known, ``id`` and ``detail``.
+"""
+from __future__ import annotations
+
+import json
+
+# Reasons, one per kind of bad input; counters are named dead_letter_<reason>.
+EMPTY = "empty"
+INVALID_UTF8 = "invalid_utf8"
+CONTAINS_NUL = "contains_nul"
+TOO_LONG = "too_long"
+MISSING_FIELD = "missing_field"
+NOT_A_STRING = "not_a_string"
+INVALID_JSON = "invalid_json"
+UNREADABLE_FILE = "unreadable_file"
+CONFLICTING_ID = "conflicting_id"
+WRONG_DIMENSION = "wrong_dimension"
+NON_FINITE = "non_finite"
+ENCODER_ERROR = "encoder_error"
+
+
+def dead_letter(reason: str, source: str, raw: bytes | str | None, *, id_: str | None = None,
+                detail: str | None = None) -> str:
+    """One dead-letter line (JSON, ASCII-safe)."""
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", errors="backslashreplace")
+    record = {"reason": reason, "source": source, "raw": raw}
+    if id_ is not None:
+        record["id"] = id_
+    if detail:
+        record["detail"] = detail
+    return json.dumps(record, ensure_ascii=True, sort_keys=True)

@@ -1,0 +1,1 @@
+"""Tied autoencoder: model, tf.data input and the training entry point."""

@@ -1,0 +1,1 @@
+"""tf.Transform preprocessing functions (fit PCA with analyzers)."""
