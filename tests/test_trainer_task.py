@@ -1,0 +1,190 @@
+"""The training entry point on tiny embedding shards: input, train, resume, export."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipelines import artifacts, records
+from pipelines.reducers import load_reducer
+from tests.fixtures import correlated_vectors, write_embedding_dataset
+from trainer import data, export, task
+from trainer.model import build_autoencoder
+
+DIM = 32
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> str:
+    directory = tmp_path_factory.mktemp("emb")
+    write_embedding_dataset(directory, correlated_vectors(600, DIM, rank=4), num_shards=3)
+    return str(directory)
+
+
+def _args(dataset, output, *extra):
+    return task.build_parser().parse_args(
+        ["--input", dataset, "--output", str(output), "--sizes", "16,8", "--batch_size", "32",
+         "--learning_rate", "0.01", "--val_permille", "200", "--shuffle_buffer", "256",
+         "--verbose", "0", *extra])
+
+
+def _all(ds) -> np.ndarray:
+    return np.concatenate(list(ds.as_numpy_iterator()))
+
+
+def test_split_is_disjoint_complete_and_reproducible(dataset):
+    source = data.open_source(dataset)
+    assert source.dim == DIM and len(source.files) == 3
+    train = _all(data.make_dataset(source, 50, val_permille=200, seed=1))
+    val = _all(data.make_dataset(source, 50, validation=True, val_permille=200))
+    assert len(train) + len(val) == 600 and 60 < len(val) < 180
+    every = np.stack([r["embedding"] for r in records.read_examples(os.path.join(dataset, "data-*"))])
+    key = lambda a: sorted(map(bytes, np.round(a, 5)))  # noqa: E731
+    assert key(np.concatenate([train, val])) == key(every)
+    np.testing.assert_array_equal(val, _all(data.make_dataset(source, 50, validation=True, val_permille=200)))
+    again = _all(data.make_dataset(source, 50, val_permille=200, seed=1))
+    assert key(again) == key(train)  # same records in the training split, shuffled
+
+
+def test_open_source_rejects_a_non_dataset(tmp_path):
+    with pytest.raises(artifacts.ArtifactError, match="no manifest.json"):
+        data.open_source(str(tmp_path))
+
+
+def test_two_epochs_reduce_validation_loss_and_export_the_artifact(dataset, tmp_path):
+    out = tmp_path / "ae"
+    seen = {}
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen[epoch] = logs["val_loss"]
+
+    args = _args(dataset, out, "--epochs", "2")
+    source = data.open_source(dataset)
+    val = data.make_dataset(source, 64, validation=True, val_permille=200)
+    keras.utils.set_random_seed(0)  # the initialization train() starts from
+    fresh = build_autoencoder(DIM, **task.model_config(args))
+    initial = float(np.mean([fresh.compute_loss(x, None, fresh(x)) for x in val]))
+    manifest = task.train(args, extra_callbacks=[Record()])
+
+    assert sorted(seen) == [0, 1] and seen[1] < initial and seen[1] < seen[0]
+    on_disk = artifacts.read_manifest(str(out), "autoencoder")
+    assert on_disk["input_dim"] == DIM and on_disk["output_dim"] == 8 and on_disk["epochs_run"] == 2
+    assert on_disk["final_losses"]["val_loss"] == pytest.approx(seen[1])
+    assert on_disk["config"]["sizes"] == [16, 8] and on_disk["source"]["fingerprint"] == data.open_source(dataset).manifest["fingerprint"]
+    assert manifest["fingerprint"] == on_disk["fingerprint"]
+
+    model = keras.models.load_model(str(out / export.KERAS_MODEL_FILE), safe_mode=True)
+    x = _all(val)
+    codes = export.load_head(str(out / on_disk["head"]))(embedding=tf.constant(x))["reduced"].numpy()
+    np.testing.assert_allclose(codes, keras.ops.convert_to_numpy(model.encode(x)), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(codes, axis=1), 1.0, atol=1e-5)
+    reducer = load_reducer(str(out))  # the interface the reduce job uses
+    assert (reducer.kind, reducer.input_dim, reducer.output_dim) == ("autoencoder", DIM, 8)
+    np.testing.assert_allclose(reducer(x), codes, atol=1e-6)
+    assert (out / "train" / "checkpoints" / "last.keras").exists()
+    assert (out / "train" / "history.csv").read_text().count("\n") == 3  # header + 2 epochs
+
+
+def test_killed_run_resumes_from_its_last_epoch(dataset, tmp_path):
+    out = tmp_path / "ae"
+    epochs = []
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            epochs.append(epoch)
+            if epoch == 1:
+                raise RuntimeError("simulated crash")
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            epochs.append(epoch)
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        task.train(_args(dataset, out, "--epochs", "4"), extra_callbacks=[Crash()])
+    assert epochs == [0, 1] and not (out / "manifest.json").exists()
+    epochs.clear()
+    manifest = task.train(_args(dataset, out, "--epochs", "4"), extra_callbacks=[Record()])
+    assert epochs == [2, 3]  # continued after the two finished epochs, not from scratch
+    assert manifest["epochs_run"] == 4
+
+
+def test_refuses_to_clobber_without_overwrite(dataset, tmp_path):
+    out = tmp_path / "ae"
+    task.train(_args(dataset, out, "--epochs", "1"))
+    with pytest.raises(artifacts.ArtifactError, match="finished run"):
+        task.train(_args(dataset, out, "--epochs", "1"))
+    manifest = task.train(_args(dataset, out, "--epochs", "1", "--tied", "false", "--overwrite"))
+    assert manifest["config"]["tied"] is False
+    params = json.loads((out / "train" / task.RUN_PARAMS).read_text())
+    assert params["fingerprint"] == manifest["fingerprint"]
+
+
+def test_unfinished_run_with_other_flags_is_not_resumed(dataset, tmp_path):
+    out = tmp_path / "ae"
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError):
+        task.train(_args(dataset, out, "--epochs", "2"), extra_callbacks=[Crash()])
+    with pytest.raises(artifacts.ArtifactError, match="unfinished different run"):
+        task.train(_args(dataset, out, "--epochs", "2", "--loss", "cosine"))
+
+
+def test_bad_flags_are_usage_errors():
+    with pytest.raises(SystemExit):
+        task.build_parser().parse_args(["--input", "x", "--sizes", "16,zero"])
+    with pytest.raises(SystemExit):
+        task.build_parser().parse_args(["--input", "x", "--normalize", "maybe"])
+
+
+def test_sigkilled_process_resumes_through_the_entry_point(dataset, tmp_path):
+    """A hard kill (no exception handling, no clean-up) after epoch 2, then `python -m trainer.task`."""
+    out = tmp_path / "ae"
+    flags = ["--input", dataset, "--output", str(out), "--sizes", "16,8", "--batch_size", "32",
+             "--val_permille", "200", "--epochs", "3", "--verbose", "0"]
+    killer = (
+        "import os, signal, sys, keras\n"
+        "from trainer import task\n"
+        "class Kill(keras.callbacks.Callback):\n"
+        "    def on_epoch_end(self, epoch, logs=None):\n"
+        "        if epoch == 1: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "task.train(task.build_parser().parse_args(sys.argv[1:]), extra_callbacks=[Kill()])\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    killed = subprocess.run([sys.executable, "-c", killer, *flags], env=env, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (out / "manifest.json").exists()
+
+    done = subprocess.run([sys.executable, "-m", "trainer.task", *flags], env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = artifacts.read_manifest(str(out), "autoencoder")
+    assert manifest["epochs_run"] == 3
+    epochs = [line.split(",")[0] for line in (out / "train" / "history.csv").read_text().splitlines()[1:]]
+    assert epochs == ["0", "1", "2"]  # the restart ran only epoch 2
+
+
+def test_reduce_job_with_an_autoencoder_artifact(dataset, tmp_path):
+    from pipelines import reduce as reduce_job
+
+    out = tmp_path / "ae"
+    task.train(_args(dataset, out, "--epochs", "1"))
+    reduced = tmp_path / "reduced"
+    manifest = reduce_job.run(["--input", dataset, "--reducer", str(out), "--output", str(reduced)])
+    assert manifest["dim"] == 8 and manifest["counts"]["written"] == 600
+    rows = {r["id"]: r["embedding"] for r in records.read_examples(str(reduced / "data-*"))}
+    source = {r["id"]: r["embedding"] for r in records.read_examples(os.path.join(dataset, "data-*"))}
+    ids = sorted(source)
+    model = keras.models.load_model(str(out / export.KERAS_MODEL_FILE), safe_mode=True)
+    want = keras.ops.convert_to_numpy(model.encode(np.stack([source[i] for i in ids])))
+    np.testing.assert_allclose(np.stack([rows[i] for i in ids]), want, atol=1e-5)
