@@ -5,7 +5,12 @@
 
 Every input record ends in exactly one place: the TFRecord shards, the
 dead-letter output (with a reason), or the duplicate count. The manifest's
-counts reconcile (read = embedded + duplicate + dead_letter) or the job fails.
+counts reconcile (read = embedded + duplicate + already_embedded + dead_letter)
+or the job fails.
+
+Incremental mode (``--previous DIR``, repeatable): records whose id an earlier
+output already holds are counted as ``already_embedded`` and not embedded
+again, so a growing corpus is embedded one increment at a time.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import time
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.tfrecordio import WriteToTFRecord
+from apache_beam.io.tfrecordio import ReadFromTFRecord, WriteToTFRecord
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
@@ -30,6 +35,7 @@ from pipelines.sources import DEAD, NAMESPACE, ReadCorpus, check_patterns
 log = logging.getLogger(__name__)
 DATA_PREFIX = "data"
 DEADLETTER_DIR = "deadletter"
+PREVIOUS = "<previous run>"  # the source of records embedded by an earlier run
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -55,43 +61,79 @@ def make_parser() -> argparse.ArgumentParser:
                         help="longer sentences (after normalization) are dead-lettered, not truncated")
     parser.add_argument("--num_shards", type=int, default=0, help="output shards; 0 lets the runner decide")
     parser.add_argument("--max_batch_size", type=int, default=1024, help="largest encoder batch")
+    parser.add_argument("--previous", action="append", default=[],
+                        help="earlier embedding output whose ids are not embedded again (repeatable)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an output directory that holds a different run")
     return parser
 
 
 class Deduplicate(beam.PTransform):
-    """``(id, (sentence, source))`` -> one ``(id, sentence)`` per id.
+    """``(id, (sentence, source))`` -> one ``(id, sentence)`` per id still to embed.
 
     Records repeating an id with the same sentence are counted as duplicates.
     Records reusing an id for a different sentence (only possible with
     ``--id_field``) are dead-lettered as conflicts; the smallest sentence is
-    kept so that re-runs agree.
+    kept so that re-runs agree. With ``previous`` (ids and sentences embedded
+    by earlier runs, incremental mode), ids already embedded are counted as
+    ``already_embedded`` and not embedded again.
     """
+
+    def __init__(self, previous: beam.PCollection | None = None):
+        super().__init__()
+        self.previous = previous
 
     class _Resolve(beam.DoFn):
         def setup(self):
             self.duplicate = Metrics.counter(NAMESPACE, "duplicate")
+            self.already = Metrics.counter(NAMESPACE, "already_embedded")
             self.dead = Metrics.counter(NAMESPACE, "dead_letter")
             self.conflict = Metrics.counter(NAMESPACE, f"dead_letter_{dl.CONFLICTING_ID}")
 
         def process(self, element):
             id_, values = element
-            values = list(values)
-            kept = min(sentence for sentence, _ in values)
-            for sentence, source in values:
+            new = [v for v in values if v[1] != PREVIOUS]
+            earlier = [sentence for sentence, source in values if source == PREVIOUS]
+            kept = earlier[0] if earlier else min(sentence for sentence, _ in new)
+            for sentence, source in new:
                 if sentence != kept:
                     self.dead.inc()
                     self.conflict.inc()
+                    detail = "id already embedded by a previous run for another sentence" if earlier else \
+                        "id already used by another sentence"
                     yield beam.pvalue.TaggedOutput(DEAD, dl.dead_letter(
-                        dl.CONFLICTING_ID, source, sentence, id_=id_, detail="id already used by another sentence"))
-            self.duplicate.inc(sum(1 for sentence, _ in values if sentence == kept) - 1)
-            yield id_, kept
+                        dl.CONFLICTING_ID, source, sentence, id_=id_, detail=detail))
+            same = sum(1 for sentence, _ in new if sentence == kept)
+            if earlier:
+                self.already.inc(same)
+            elif same:
+                self.duplicate.inc(same - 1)
+                yield id_, kept
 
     def expand(self, keyed):
+        if self.previous is not None:
+            keyed = (keyed, self.previous) | "WithPrevious" >> beam.Flatten()
         return (keyed
                 | "GroupById" >> beam.GroupByKey()
                 | "Resolve" >> beam.ParDo(self._Resolve()).with_outputs(DEAD, main="unique"))
+
+
+def _previous_record(serialized: bytes) -> tuple[str, tuple[str, str]]:
+    record = records.decode_example(serialized)
+    return record[records.ID], (record[records.TEXT], PREVIOUS)
+
+
+class ReadPrevious(beam.PTransform):
+    """Ids and sentences of earlier embedding outputs, keyed like new records."""
+
+    def __init__(self, shard_patterns: list[str]):
+        super().__init__()
+        self.shard_patterns = shard_patterns
+
+    def expand(self, pbegin):
+        reads = [pbegin | f"ReadPrevious{i}" >> ReadFromTFRecord(pattern, validate=False)
+                 for i, pattern in enumerate(self.shard_patterns)]
+        return reads | "FlattenPrevious" >> beam.Flatten() | "ParsePrevious" >> beam.Map(_previous_record)
 
 
 class _CheckVector(beam.DoFn):
@@ -151,10 +193,12 @@ def processes_per_machine(options: PipelineOptions) -> int:
     return 1
 
 
-def build(p: beam.Pipeline, opts: argparse.Namespace, handler: EncoderModelHandler) -> None:
+def build(p: beam.Pipeline, opts: argparse.Namespace, handler: EncoderModelHandler,
+          previous_shards: list[str] = ()) -> None:
     corpus = p | "ReadCorpus" >> ReadCorpus(opts.input, opts.input_format, opts.text_field,
                                             opts.id_field, opts.max_chars)
-    deduped = corpus["records"] | "Deduplicate" >> Deduplicate()
+    previous = p | "Previous" >> ReadPrevious(previous_shards) if previous_shards else None
+    deduped = corpus["records"] | "Deduplicate" >> Deduplicate(previous)
     embedded = deduped.unique | "Embed" >> EmbedSentences(handler, opts.embedding_dim)
     _ = (embedded["vectors"]
          | "ToExample" >> beam.MapTuple(lambda id_, text, vec: records.encode_example(id_, vec, text))
@@ -168,22 +212,33 @@ def build(p: beam.Pipeline, opts: argparse.Namespace, handler: EncoderModelHandl
 
 def reconcile(counts: dict[str, int]) -> dict[str, int]:
     """All counts, zero-filled; raises if any input record is unaccounted for."""
-    full = {k: counts.get(k, 0) for k in ("read", "embedded", "duplicate", "dead_letter")}
+    full = {k: counts.get(k, 0) for k in ("read", "embedded", "duplicate", "already_embedded", "dead_letter")}
     full.update({k: v for k, v in counts.items() if k.startswith("dead_letter_")})
-    accounted = full["embedded"] + full["duplicate"] + full["dead_letter"]
+    accounted = full["embedded"] + full["duplicate"] + full["already_embedded"] + full["dead_letter"]
     if full["read"] != accounted:
         raise RuntimeError(f"counts do not reconcile: read {full['read']} != embedded + duplicate + "
-                           f"dead_letter = {accounted} ({full})")
+                           f"already_embedded + dead_letter = {accounted} ({full})")
     return full
+
+
+def check_previous(directory: str, opts: argparse.Namespace) -> tuple[str, dict]:
+    """An earlier output usable for incremental mode: same encoder and dimension."""
+    manifest = artifacts.read_manifest(directory, "embeddings")
+    if (manifest.get("encoder"), manifest.get("dim")) != (opts.encoder, opts.embedding_dim):
+        raise artifacts.ArtifactError(
+            f"--previous {directory} was embedded with {manifest.get('encoder')} ({manifest.get('dim')}-d), "
+            f"this run uses {opts.encoder} ({opts.embedding_dim}-d): vectors would not be comparable")
+    return directory, manifest
 
 
 def run(argv: list[str] | None = None) -> dict:
     opts, options = parse_job_args(make_parser(), argv)
     validate_spec(opts.encoder)
     check_patterns(opts.input)
+    previous = [check_previous(d, opts) for d in opts.previous]
     params = {"input": opts.input, "input_format": opts.input_format, "text_field": opts.text_field,
               "id_field": opts.id_field, "encoder": opts.encoder, "dim": opts.embedding_dim,
-              "max_chars": opts.max_chars}
+              "max_chars": opts.max_chars, "previous": [[d, m.get("fingerprint")] for d, m in previous]}
     fp = artifacts.fingerprint(params)
     artifacts.prepare_output(opts.output, fp, opts.overwrite)
 
@@ -192,7 +247,7 @@ def run(argv: list[str] | None = None) -> dict:
                                   max_batch_size=opts.max_batch_size)
     start = time.monotonic()
     p = create_pipeline(options)
-    build(p, opts, handler)
+    build(p, opts, handler, [shard for _, m in previous for shard in m["shards"]])
     result = run_and_wait(p)
     elapsed = time.monotonic() - start
 
@@ -204,8 +259,9 @@ def run(argv: list[str] | None = None) -> dict:
         "shards": artifacts.list_files(artifacts.join(opts.output, f"{DATA_PREFIX}-*")),
         "deadletter": artifacts.list_files(artifacts.join(opts.output, DEADLETTER_DIR, "*")),
     })
-    log.info("embedded %d sentences (%d duplicates, %d dead-lettered) in %.1fs -> %s",
-             counts["embedded"], counts["duplicate"], counts["dead_letter"], elapsed, opts.output)
+    log.info("embedded %d sentences (%d duplicates, %d already embedded, %d dead-lettered) in %.1fs -> %s",
+             counts["embedded"], counts["duplicate"], counts["already_embedded"], counts["dead_letter"],
+             elapsed, opts.output)
     return manifest
 
 

@@ -184,3 +184,23 @@ def test_cli_exit_codes(tmp_path):
     assert r.returncode == 2 and "unrecognized arguments" in r.stderr
     r = _shrink("sample-corpus", "--output", str(tmp_path / "s.txt"), "--n", "20")
     assert r.returncode == 0 and len((tmp_path / "s.txt").read_text().splitlines()) == 20
+
+
+def test_incremental_mode_embeds_only_new_ids(tmp_path, hub512):
+    first = tmp_path / "day1.txt"
+    first.write_text("\n".join(SENTENCES[:3]) + "\n")
+    m1, out1 = run_embed(tmp_path, [str(first)], encoder=f"tfhub:{hub512}", name="day1")
+    second = tmp_path / "day2.txt"  # the corpus grew: the old sentences plus new ones, one twice
+    second.write_text("\n".join(SENTENCES + ["A brand new sentence.", "A brand new sentence."]) + "\n")
+    m2, out2 = run_embed(tmp_path, [str(second)], "--previous", str(out1), encoder=f"tfhub:{hub512}",
+                         name="day2")
+    c = m2["counts"]
+    assert (c["read"], c["already_embedded"], c["embedded"], c["duplicate"]) == (6, 3, 2, 1)
+    old = {r["id"] for r in records.read_examples(str(out1 / "data-*"))}
+    new = {r["id"] for r in records.read_examples(str(out2 / "data-*"))}
+    assert not old & new
+    assert old | new == {text_id(s) for s in SENTENCES + ["A brand new sentence."]}
+    with pytest.raises(ArtifactError, match="not be comparable"):
+        hub300 = save_text_encoder(str(tmp_path / "enc300"), 300)
+        run_embed(tmp_path, [str(second)], "--previous", str(out1), "--embedding_dim", "300",
+                  encoder=f"tfhub:{hub300}", name="bad")
