@@ -1,0 +1,262 @@
+"""Evaluation math in plain numpy: similarity fidelity, exact search, ranking metrics.
+
+Everything here is a pure function of arrays, so the evaluate job, the
+benchmarks and the tests share one implementation and none needs Beam or TF.
+
+Conventions:
+- similarity is cosine; inputs need not be unit-norm (rows are normalized here;
+  an all-zero row has cosine 0 with everything);
+- a ranking is a row of corpus indices, best first; ``-1`` pads a row that has
+  fewer than ``k`` candidates (e.g. within-report search over 5 paragraphs);
+- rank-based metrics are cut at ``k`` (10 by default) and averaged over queries.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+# top_k's working memory for one block of queries stays under about this many bytes.
+DEFAULT_BLOCK_BYTES = 256 * 1024 * 1024
+
+
+def _as_2d(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-d array (rows = vectors), got shape {x.shape}")
+    return x
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float32); zero rows stay zero."""
+    x = _as_2d(x, "x").astype(np.float32, copy=False)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0).astype(np.float32)
+
+
+def paired_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """cos(a_i, b_i) for every row i (float64, shape (n,))."""
+    a, b = _as_2d(a, "a"), _as_2d(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"paired rows need equal shapes, got {a.shape} and {b.shape}")
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    na, nb = np.linalg.norm(a64, axis=1), np.linalg.norm(b64, axis=1)
+    denom = na * nb
+    dots = np.einsum("ij,ij->i", a64, b64)
+    return np.divide(dots, denom, out=np.zeros_like(dots), where=denom > 0)
+
+
+def _check_pair(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"correlation needs equal lengths, got {x.size} and {y.size}")
+    if x.size < 2:
+        raise ValueError("correlation needs at least 2 values")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError("correlation inputs contain NaN or inf")
+    return x, y
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation; NaN when either input is constant (undefined)."""
+    x, y = _check_pair(x, y)
+    xc, yc = x - x.mean(), y - y.mean()
+    denom = np.sqrt((xc @ xc) * (yc @ yc))
+    return float(xc @ yc / denom) if denom > 0 else float("nan")
+
+
+def rankdata(x: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their average rank (scipy's 'average')."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    order = np.argsort(x, kind="stable")
+    sorted_x = x[order]
+    # Start index of each run of equal values, and the run lengths.
+    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
+    lengths = np.diff(np.r_[starts, x.size])
+    avg = starts + (lengths + 1) / 2.0  # mean of ranks starts+1 .. starts+length
+    ranks = np.empty(x.size, dtype=np.float64)
+    ranks[order] = np.repeat(avg, lengths)
+    return ranks
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation (Pearson of tie-averaged ranks)."""
+    x, y = _check_pair(x, y)
+    return pearson(rankdata(x), rankdata(y))
+
+
+def correlations(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    return {"pearson": pearson(x, y), "spearman": spearman(x, y)}
+
+
+def sts_fidelity(raw_a: np.ndarray, raw_b: np.ndarray,
+                 reduced_a: np.ndarray, reduced_b: np.ndarray) -> dict[str, float]:
+    """How well a reduced space keeps the raw space's pair similarities.
+
+    For STS pairs (a_i, b_i): Pearson and Spearman between cos(a_i, b_i)
+    computed in the raw space and in the reduced space (the reference's
+    "fidelity"; 1.0 means the reduction changed no pair similarity's order/scale).
+    """
+    return correlations(paired_cosine(raw_a, raw_b), paired_cosine(reduced_a, reduced_b))
+
+
+def human_correlation(a: np.ndarray, b: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Pearson/Spearman of cos(a_i, b_i) against human similarity scores."""
+    return correlations(paired_cosine(a, b), scores)
+
+
+def top_k(queries: np.ndarray, corpus: np.ndarray, k: int = 10, *,
+          exclude: np.ndarray | None = None,
+          query_groups: np.ndarray | None = None, corpus_groups: np.ndarray | None = None,
+          block_bytes: int = DEFAULT_BLOCK_BYTES) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine top-k of each query over the corpus.
+
+    Queries are processed in blocks so that one block's score matrix stays
+    under ``block_bytes`` (a 100k x 512 corpus never materializes a full
+    queries x corpus matrix). ``exclude[i]`` is a corpus index that query i
+    must not retrieve (the query itself when queries are drawn from the
+    corpus; ``-1`` for none). With ``query_groups``/``corpus_groups`` a query
+    only ranks corpus rows of its own group (within-report retrieval).
+    Ties are broken by the lower corpus index, so results are deterministic.
+
+    Returns ``(indices, scores)``, each (n_queries, k); rows with fewer than
+    k candidates are padded with index -1 and score -inf.
+    """
+    q = normalize_rows(queries)
+    c = normalize_rows(corpus)
+    if q.shape[1] != c.shape[1]:
+        raise ValueError(f"queries have dim {q.shape[1]}, corpus has dim {c.shape[1]}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    n_q, n_c = q.shape[0], c.shape[0]
+    if exclude is not None:
+        exclude = np.asarray(exclude, dtype=np.int64).ravel()
+        if exclude.shape != (n_q,):
+            raise ValueError(f"exclude needs one index per query ({n_q}), got {exclude.shape}")
+        if (exclude >= n_c).any():
+            raise ValueError("exclude holds an index beyond the corpus")
+    if (query_groups is None) != (corpus_groups is None):
+        raise ValueError("give both query_groups and corpus_groups, or neither")
+    if query_groups is not None:
+        query_groups, corpus_groups = np.asarray(query_groups), np.asarray(corpus_groups)
+        if query_groups.shape != (n_q,) or corpus_groups.shape != (n_c,):
+            raise ValueError("query_groups/corpus_groups need one entry per query/corpus row")
+
+    kk = min(k, n_c)
+    indices = np.full((n_q, k), -1, dtype=np.int64)
+    scores = np.full((n_q, k), -np.inf, dtype=np.float32)
+    # Per score: float32 similarity, its negated copy and an int64 partition index.
+    block = max(1, int(block_bytes // (16 * max(n_c, 1))))
+    for start in range(0, n_q, block):
+        stop = min(start + block, n_q)
+        sims = q[start:stop] @ c.T  # float32 (b, n_c)
+        if exclude is not None:
+            rows = np.arange(stop - start)
+            ex = exclude[start:stop]
+            sims[rows[ex >= 0], ex[ex >= 0]] = -np.inf
+        if query_groups is not None:
+            sims[query_groups[start:stop, None] != corpus_groups[None, :]] = -np.inf
+        if kk < n_c:
+            cand = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+            # argpartition picks arbitrarily among ties at the boundary; widen to
+            # every index tied with the k-th score so the tie-break is by index.
+            kth = np.take_along_axis(sims, cand, axis=1).min(axis=1, keepdims=True)
+            for r in range(stop - start):
+                row = sims[r]
+                cols = np.flatnonzero(row >= kth[r])
+                order = np.lexsort((cols, -row[cols]))[:kk]
+                indices[start + r, :kk] = cols[order]
+                scores[start + r, :kk] = row[cols[order]]
+        else:
+            order = np.lexsort((np.broadcast_to(np.arange(n_c), sims.shape), -sims), axis=1)
+            indices[start:stop, :kk] = order
+            scores[start:stop, :kk] = np.take_along_axis(sims, order, axis=1)
+    # Masked candidates (-inf) are not results.
+    indices[~np.isfinite(scores)] = -1
+    return indices, scores
+
+
+def _reciprocal_rank(ranking: Sequence, relevant) -> float:
+    for rank, item in enumerate(ranking):
+        if item in relevant:
+            return 1.0 / (rank + 1)
+    return 0.0
+
+
+def _dcg(gains: Sequence[float]) -> float:
+    gains = np.asarray(gains, dtype=np.float64)
+    return float((gains / np.log2(np.arange(2, gains.size + 2))).sum())
+
+
+def neighbour_fidelity(raw_topk: np.ndarray, reduced_topk: np.ndarray, k: int = 10) -> dict[str, float]:
+    """Label-free retrieval fidelity: the raw-space neighbours are the golden set.
+
+    Per query, with R = raw top-k and S = reduced-space top-k (corpus indices):
+    - MRR@k: 1/rank in S of R[0] (the raw top-1 is the one relevant item), 0 if absent;
+    - recall@k: |R ∩ S| / |R| (overlap of the two top-k lists);
+    - nDCG@k: graded relevance rel(R[j]) = k - j (raw top-1 gets k, raw k-th
+      gets 1, anything outside R gets 0), linear gain, log2(rank + 1) discount,
+      normalized by the DCG of R itself (so raw-vs-raw scores 1.0).
+    Means over queries.
+    """
+    raw_topk, reduced_topk = _as_2d(raw_topk, "raw_topk"), _as_2d(reduced_topk, "reduced_topk")
+    if raw_topk.shape[0] != reduced_topk.shape[0]:
+        raise ValueError("raw_topk and reduced_topk need one row per query each")
+    if raw_topk.shape[1] < k or reduced_topk.shape[1] < k:
+        raise ValueError(f"rankings must hold at least k={k} columns")
+    mrr, recall, ndcg = [], [], []
+    for raw, red in zip(raw_topk[:, :k], reduced_topk[:, :k]):
+        raw = [int(i) for i in raw if i >= 0]
+        red = [int(i) for i in red if i >= 0]
+        if not raw:
+            raise ValueError("a query has no raw neighbours (empty golden set)")
+        grade = {doc: k - j for j, doc in enumerate(raw)}
+        mrr.append(_reciprocal_rank(red, {raw[0]}))
+        recall.append(len(set(raw) & set(red)) / len(raw))
+        ndcg.append(_dcg([grade.get(d, 0) for d in red]) / _dcg([grade[d] for d in raw]))
+    return {f"mrr@{k}": float(np.mean(mrr)), f"recall@{k}": float(np.mean(recall)),
+            f"ndcg@{k}": float(np.mean(ndcg)), "queries": len(mrr)}
+
+
+def labelled_retrieval(rankings: Sequence[Sequence], qrels: Sequence[Mapping], k: int = 10) -> dict[str, float]:
+    """MRR@k and nDCG@k against human relevance judgments (BEIR/pytrec_eval style).
+
+    ``rankings[i]`` is query i's retrieved document ids, best first (extra
+    entries beyond k and ``-1`` padding are ignored); ``qrels[i]`` maps
+    document id -> graded relevance (> 0 relevant). nDCG uses linear gain
+    rel / log2(rank + 1), ideal DCG from the k highest judged relevances
+    (trec_eval ``ndcg_cut``); MRR uses the first document with rel > 0.
+    Queries without any relevant document are an error (BEIR drops them
+    before scoring; so does our loader).
+    """
+    if len(rankings) != len(qrels):
+        raise ValueError(f"{len(rankings)} rankings but {len(qrels)} qrels entries")
+    if not rankings:
+        raise ValueError("no queries to score")
+    mrr, ndcg = [], []
+    for i, (ranking, judged) in enumerate(zip(rankings, qrels)):
+        relevant = {doc: rel for doc, rel in judged.items() if rel > 0}
+        if not relevant:
+            raise ValueError(f"query {i} has no relevant document in its qrels")
+        top = [d for d in list(ranking) if not (isinstance(d, (int, np.integer)) and d < 0)][:k]
+        mrr.append(_reciprocal_rank(top, relevant))
+        ideal = sorted(relevant.values(), reverse=True)[:k]
+        ndcg.append(_dcg([relevant.get(d, 0) for d in top]) / _dcg(ideal))
+    return {f"mrr@{k}": float(np.mean(mrr)), f"ndcg@{k}": float(np.mean(ndcg)), "queries": len(mrr)}
+
+
+def golden_retrieval(query_vecs: np.ndarray, doc_vecs: np.ndarray, doc_ids: Sequence[str],
+                     qrels: Sequence[Mapping[str, int]], k: int = 10, *,
+                     query_groups: np.ndarray | None = None,
+                     doc_groups: np.ndarray | None = None) -> dict[str, float]:
+    """Exact top-k search of each query over the documents, scored against qrels.
+
+    ``qrels[i]`` judges query i (document id -> grade). With groups, each query
+    ranks only the documents of its own group (e.g. TAT-QA within-report
+    ranking by ``table_uid``); otherwise the search is global.
+    """
+    if len(doc_ids) != np.asarray(doc_vecs).shape[0]:
+        raise ValueError(f"{len(doc_ids)} document ids for {np.asarray(doc_vecs).shape[0]} vectors")
+    indices, _ = top_k(query_vecs, doc_vecs, k, query_groups=query_groups, corpus_groups=doc_groups)
+    rankings = [[doc_ids[i] for i in row if i >= 0] for row in indices]
+    return labelled_retrieval(rankings, qrels, k)
