@@ -4,15 +4,20 @@ Quality: reducers fitted on one text set, scored on the STS-benchmark test
 pairs: fidelity (Pearson/Spearman between raw-512 and reduced cosines of each
 pair) and Spearman of the reduced cosines against the human scores, next to
 raw 512-d. Settings: ``in-domain`` (fitted on STS train+dev sentences) and
-``financial`` (fitted on the financial-news corpus, the reference's setting).
-Autoencoders are trained in memory (same model and loss as trainer.task);
+``financial`` (fitted on the financial-news corpus, the reference's setting:
+the sentences outside the 100,000-sentence retrieval slice that
+bench_quality.py searches, see ``financial_split``).
+Autoencoders are trained in memory (same model and loss as trainer.task) and
+cached under benchmarks/out/models/ by (config, epochs, batch, seed, training
+rows), so bench_quality.py scores the very models tabled here;
 PCA is the exact numpy PCA of the same vectors.
 
 Throughput: training examples/s of the same model fed from TFRecord shards
 through trainer.data vs from an in-memory array.
 
     python benchmarks/bench_autoencoder.py --settings in-domain --epochs 100
-    python benchmarks/bench_autoencoder.py --settings financial --epochs 5 --max-train 100000
+    python benchmarks/bench_autoencoder.py --settings financial --epochs 10 --max-train 100000 \
+        --stability-epochs 20 --stability-configs "cosine + sim 10, lr 1e-3"
 
 Tables are printed and, with --write, appended to benchmarks/RESULTS.md.
 """
@@ -20,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
+import json
 import os
 import platform
 import sys
@@ -53,10 +60,39 @@ CONFIGS = {
     "mse + sim 1.0, lr 1e-3": {"similarity_weight": 1.0, "lr": 1e-3},
     "cosine + sim 10, lr 1e-3": {"loss": "cosine", "similarity_weight": 10.0, "lr": 1e-3},
     "cosine + sim 10, lr 1e-3, untied": {"loss": "cosine", "similarity_weight": 10.0, "lr": 1e-3, "tied": False},
+    "cosine + sim 10, lr 1e-3, no norm": {"loss": "cosine", "similarity_weight": 10.0, "lr": 1e-3,
+                                          "normalize": False},
+    "cosine + sim 30, lr 1e-3": {"loss": "cosine", "similarity_weight": 30.0, "lr": 1e-3},
+    "cosine + sim 10, lr 1e-3, neighbour batches": {"loss": "cosine", "similarity_weight": 10.0, "lr": 1e-3,
+                                                    "neighbour_batches": True},
     "64-d seed": {"sizes": [256, 64]},
     "64-d cosine + sim 10, lr 1e-3": {"sizes": [256, 64], "loss": "cosine", "similarity_weight": 10.0,
                                       "lr": 1e-3},
 }
+
+
+MODEL_DIR = REPO / "benchmarks" / "out" / "models"
+# The financial corpus is split once: a retrieval slice (searched by bench_quality.py, with its queries
+# drawn from it) and the other sentences, which every financial-setting reducer is fitted on.
+SLICE_SIZE, N_QUERIES, SPLIT_SEED = 100_000, 1_000, 0
+
+
+def financial_split(n: int, slice_size: int = SLICE_SIZE, n_queries: int = N_QUERIES,
+                    seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
+    """Row indices: ``slice`` (retrieval corpus), ``queries`` (positions inside the slice), ``train`` (the rest)."""
+    if n <= slice_size:
+        raise ValueError(f"corpus of {n} rows cannot hold a {slice_size}-row slice plus training rows")
+    perm = np.random.default_rng(seed).permutation(n)
+    queries = np.sort(np.random.default_rng(seed + 1).choice(slice_size, n_queries, replace=False))
+    return {"slice": np.sort(perm[:slice_size]), "queries": queries, "train": np.sort(perm[slice_size:])}
+
+
+def financial_train(x: np.ndarray, max_train: int = 0) -> np.ndarray:
+    """The financial-setting training rows: outside the retrieval slice, optionally subsampled."""
+    idx = financial_split(len(x))["train"]
+    if max_train and len(idx) > max_train:
+        idx = np.sort(np.random.default_rng(0).choice(idx, max_train, replace=False))
+    return x[idx]
 
 
 def pca_reducer(x: np.ndarray, k: int):
@@ -64,13 +100,63 @@ def pca_reducer(x: np.ndarray, k: int):
     return lambda v: pca_math.project(v, fit["components"], fit["mean"]).astype(np.float32)
 
 
+def _encoder(model):
+    def reduce(v: np.ndarray) -> np.ndarray:
+        return np.concatenate([keras.ops.convert_to_numpy(model.encode(v[i:i + 65536]))
+                               for i in range(0, len(v), 65536)])
+    return reduce
+
+
+def neighbour_batches(x: np.ndarray, batch_size: int, seed: int = 0) -> tf.data.Dataset:
+    """Batches of batch_size/2 random rows plus each one's raw-cosine nearest neighbour.
+
+    Random batches almost never hold near neighbours, so the similarity term
+    never sees the high cosines that decide top-10 retrieval; pairing every
+    row with its nearest neighbour puts such pairs in every batch
+    (a benchmark-only sampling lever, not a trainer option).
+    """
+    nn = metrics.top_k(x, x, 1, exclude=np.arange(len(x)))[0][:, 0]
+    xs, nns = tf.constant(x), tf.constant(nn)
+    half = batch_size // 2
+    return (tf.data.Dataset.range(len(x)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+            .batch(half, drop_remainder=True)
+            .map(lambda i: tf.concat([tf.gather(xs, i), tf.gather(xs, tf.gather(nns, i))], 0))
+            .prefetch(2))
+
+
+def model_path(x: np.ndarray, cfg: dict, epochs: int, batch_size: int, seed: int = 0) -> Path:
+    """Cache file of the model trained on ``x`` with these settings (digest of data and settings)."""
+    data_digest = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
+    key = json.dumps({"cfg": cfg, "epochs": epochs, "batch": batch_size, "seed": seed, "data": data_digest,
+                      "rows": len(x)}, sort_keys=True)
+    return MODEL_DIR / f"ae-{hashlib.sha256(key.encode()).hexdigest()[:16]}.keras"
+
+
 def train_autoencoder(x: np.ndarray, cfg: dict, epochs: int, batch_size: int, seed: int = 0):
+    """(reduce function, final training loss, training seconds).
+
+    A model trained before with equal settings is reloaded from the cache (with its recorded loss and time).
+    """
+    path = model_path(x, cfg, epochs, batch_size, seed)
+    if path.exists():
+        info = json.loads(path.with_suffix(".json").read_text())
+        return _encoder(keras.saving.load_model(path)), info["final_loss"], info["fit_s"]
     keras.utils.set_random_seed(seed)
-    model_cfg = {k: v for k, v in cfg.items() if k != "lr"}
+    model_cfg = {k: v for k, v in cfg.items() if k not in ("lr", "neighbour_batches")}
     model = build_autoencoder(x.shape[1], **model_cfg)
     model.compile(optimizer=keras.optimizers.Adam(cfg["lr"]))
-    hist = model.fit(x, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
-    return (lambda v: keras.ops.convert_to_numpy(model.encode(v))), float(hist.history["loss"][-1])
+    start = time.perf_counter()
+    if cfg.get("neighbour_batches"):
+        hist = model.fit(neighbour_batches(x, batch_size, seed), epochs=epochs, verbose=0, shuffle=False)
+    else:
+        hist = model.fit(x, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
+    loss, fit_s = float(hist.history["loss"][-1]), round(time.perf_counter() - start, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    path.with_suffix(".json").write_text(json.dumps(
+        {"cfg": cfg, "epochs": epochs, "batch_size": batch_size, "seed": seed, "rows": len(x),
+         "final_loss": loss, "fit_s": fit_s}, indent=2) + "\n")
+    return _encoder(model), loss, fit_s
 
 
 def score(reduce, a, b, scores, raw_a, raw_b) -> dict:
@@ -81,7 +167,7 @@ def score(reduce, a, b, scores, raw_a, raw_b) -> dict:
 
 
 def quality_table(setting: str, train_x: np.ndarray, test, epochs: int, batch_size: int,
-                  configs: list[str]) -> list[str]:
+                  configs: list[str], stability: tuple[int, list[str]] = (0, [])) -> list[str]:
     a, b, scores = test
     raw_human = metrics.human_correlation(a, b, scores)["spearman"]
     rows = [("raw 512-d", {"fid_p": 1.0, "fid_s": 1.0, "human_s": raw_human}, "", 0.0)]
@@ -89,11 +175,12 @@ def quality_table(setting: str, train_x: np.ndarray, test, epochs: int, batch_si
         t = time.perf_counter()
         rows.append((f"PCA-{k}", score(pca_reducer(train_x, k), a, b, scores, a, b), "", time.perf_counter() - t))
         print(rows[-1], flush=True)
-    for name in configs:
+    runs = [(name, epochs) for name in configs] + [(name, stability[0]) for name in stability[1]]
+    for name, n_epochs in runs:
         cfg = {**SEED, **CONFIGS[name]}
-        t = time.perf_counter()
-        reduce, loss = train_autoencoder(train_x, cfg, epochs, batch_size)
-        rows.append((f"AE {name}", score(reduce, a, b, scores, a, b), f"{loss:.4g}", time.perf_counter() - t))
+        reduce, loss, fit_s = train_autoencoder(train_x, cfg, n_epochs, batch_size)
+        label = f"AE {name}" + (f" @ {n_epochs} epochs" if n_epochs != epochs else "")
+        rows.append((label, score(reduce, a, b, scores, a, b), f"{loss:.4g}", fit_s))
         print(rows[-1], flush=True)
     lines = [f"### {setting}: fitted on {len(train_x)} sentences, scored on {len(a)} STS test pairs",
              "", "| reducer | fidelity Pearson | fidelity Spearman | Spearman vs human | "
@@ -160,6 +247,9 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=100, help="training epochs (the reference: 100)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--max-train", type=int, default=0, help="subsample the training set (0: all)")
+    p.add_argument("--stability-epochs", type=int, default=0,
+                   help="also train --stability-configs for this many epochs (is the result stable?)")
+    p.add_argument("--stability-configs", nargs="*", choices=sorted(CONFIGS), default=[])
     p.add_argument("--throughput", action="store_true", help="also measure shard vs in-memory input")
     p.add_argument("--write", action="store_true", help="append the tables to benchmarks/RESULTS.md")
     args = p.parse_args(argv)
@@ -168,11 +258,14 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     lines = []
     for setting in args.settings:
-        _, x = (embedding_cache.sts_train_dev if setting == "in-domain" else embedding_cache.financial)(
-            args.data_dir)
-        if args.max_train and len(x) > args.max_train:
-            x = x[np.random.default_rng(0).choice(len(x), args.max_train, replace=False)]
-        lines += quality_table(setting, x, test, args.epochs, args.batch_size, args.configs) + [""]
+        if setting == "financial":
+            x = financial_train(embedding_cache.financial(args.data_dir)[1], args.max_train)
+        else:
+            _, x = embedding_cache.sts_train_dev(args.data_dir)
+            if args.max_train and len(x) > args.max_train:
+                x = x[np.random.default_rng(0).choice(len(x), args.max_train, replace=False)]
+        lines += quality_table(setting, x, test, args.epochs, args.batch_size, args.configs,
+                               (args.stability_epochs, args.stability_configs)) + [""]
         if args.throughput and setting == args.settings[0]:
             lines += throughput(x, args.batch_size) + [""]
     header = [f"## Autoencoder (issue 4) - {dt.date.today().isoformat()}", "",

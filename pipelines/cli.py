@@ -18,8 +18,13 @@ import traceback
 
 COMMANDS = {
     "embed": ("pipelines.embed", "corpus -> 512-d embedding TFRecord shards"),
-    "sample-corpus": ("pipelines.sample_corpus", "write the built-in synthetic financial-news corpus"),
+    "fit-pca": ("pipelines.fit_pca", "fit the PCA reducer with tf.Transform on embedding shards"),
     "train": ("trainer.task", "train the tied autoencoder on embedding shards, export a reduction head"),
+    "reduce": ("pipelines.reduce", "rewrite an embedding dataset as k-d vectors with a reducer artifact"),
+    "evaluate": ("pipelines.evaluate", "score reducers (STS fidelity, retrieval, cost) and write a report"),
+    "run": ("pipelines.run", "the whole flow: embed -> fit-pca + train -> evaluate -> reduce"),
+    "demo": ("pipelines.demo", "`run` on the built-in sample corpus (make demo)"),
+    "sample-corpus": ("pipelines.sample_corpus", "write the built-in synthetic financial-news corpus"),
 }
 
 

@@ -1,26 +1,35 @@
 """``make demo``: the whole flow on the built-in synthetic corpus, locally.
 
-Writes the sample corpus into the work directory, then runs the pipeline on
-it with DirectRunner and the offline encoder, and prints where everything is.
+Writes the sample corpus into the work directory, then runs ``shrink run`` on
+it with DirectRunner, the offline encoder and a short autoencoder training,
+and prints where the 128-d corpus and the report are. Uses the STS benchmark
+from ``../shared/data`` when it is there (or the download cache); otherwise
+the report says how to add it.
 """
 from __future__ import annotations
 
 import argparse
 import os
 
-from pipelines import embed, sample_corpus
+from pipelines import run as run_job
+from pipelines import sample_corpus
+
+SHARED_STS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "stsbenchmark")
 
 
-def run(argv: list[str] | None = None) -> None:
+def run(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="shrink demo", description=__doc__)
     parser.add_argument("--workdir", default="demo_output")
     parser.add_argument("--n", type=int, default=5000, help="sample sentences to generate")
-    args, beam_args = parser.parse_known_args(argv)
+    parser.add_argument("--epochs", type=int, default=5, help="autoencoder epochs (the real default is 100)")
+    args, rest = parser.parse_known_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
-    corpus = sample_corpus.write(os.path.join(args.workdir, "sample_corpus.txt"), args.n)
-    manifest = embed.run(["--input", corpus, "--output", os.path.join(args.workdir, "embeddings"),
-                          "--overwrite", *beam_args])
-    print(f"\nembedded {manifest['counts']['embedded']} sentences -> {args.workdir}/embeddings")
+    corpus = os.path.join(args.workdir, f"sample_corpus_{args.n}.txt")
+    if not os.path.exists(corpus):
+        sample_corpus.write(corpus, args.n)
+    sts = ["--sts_dir", os.path.abspath(SHARED_STS)] if os.path.isdir(SHARED_STS) else []
+    return run_job.run(["--input", corpus, "--workdir", args.workdir, "--epochs", str(args.epochs),
+                        "--queries", "500", *sts, *rest])
 
 
 if __name__ == "__main__":

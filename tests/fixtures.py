@@ -1,0 +1,60 @@
+"""Tiny embedding datasets written directly, without running the embed job."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from pipelines import artifacts, records
+
+
+def correlated_vectors(rows: int, dim: int, seed: int = 0, rank: int = 16) -> np.ndarray:
+    """Unit-length float32 rows with a dominant low-rank structure and a non-zero mean (like USE)."""
+    rng = np.random.default_rng(seed)
+    basis = rng.normal(size=(rank, dim)) * np.linspace(3.0, 0.5, rank)[:, None]
+    x = rng.normal(size=(rows, rank)) @ basis + 0.3 * rng.normal(size=(rows, dim)) + 2.0 * rng.normal(size=dim)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def write_embedding_dataset(directory: str | Path, vectors: np.ndarray, *, num_shards: int = 2,
+                            with_text: bool = True, extra_records: list[bytes] = (),
+                            dim: int | None = None, kind: str = "embeddings") -> list[dict]:
+    """Write ``vectors`` as an embedding dataset; ``extra_records`` (raw bytes) go into the last shard.
+
+    Returns the records written (id, text, embedding) in order.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    dim = dim or vectors.shape[1]
+    rows = [{"id": f"id-{i:05d}", "text": f"sentence number {i}" if with_text else None, "embedding": v}
+            for i, v in enumerate(vectors)]
+    shards = []
+    for s in range(num_shards):
+        path = directory / f"data-{s:05d}-of-{num_shards:05d}.tfrecord"
+        with tf.io.TFRecordWriter(str(path)) as writer:
+            for row in rows[s::num_shards]:
+                writer.write(records.encode_example(row["id"], row["embedding"], row["text"]))
+            if s == num_shards - 1:
+                for raw in extra_records:
+                    writer.write(raw)
+        shards.append(str(path))
+    records.write_schema(records.make_schema(dim, with_text), str(directory))
+    artifacts.write_manifest(str(directory), kind, {
+        "dim": dim, "encoder": "fixture", "counts": {"embedded": len(rows) + len(extra_records)},
+        "shards": shards, "input_patterns": [], "fingerprint": artifacts.fingerprint({"fixture": str(directory)})})
+    return rows
+
+
+def write_linear_reducer(directory: str | Path, mean: np.ndarray, matrix: np.ndarray, *,
+                         kind: str = "pca", l2_normalize: bool = False) -> str:
+    """A reducer artifact written straight from a mean and matrix (no tf.Transform run)."""
+    from pipelines import reducers
+
+    directory = str(directory)
+    head = reducers.LinearHead(mean, matrix, l2_normalize)
+    reducers.save_head(head, directory, matrix.shape[0])
+    artifacts.write_manifest(directory, kind, {
+        "input_dim": int(matrix.shape[0]), "output_dim": int(matrix.shape[1]), "l2_normalize": l2_normalize,
+        "fingerprint": artifacts.fingerprint({"matrix": matrix.tobytes().hex()[:64], "dir": directory})})
+    return directory
