@@ -30,6 +30,7 @@ from tfx_bsl.coders import example_coder
 from pipelines import artifacts, records, reducers
 from pipelines import deadletter as dl
 from pipelines.beam_utils import ProgressLog, counter_values, create_pipeline, parse_job_args, run_and_wait
+from pipelines.embed import processes_per_machine
 from pipelines.encoders import DEFAULT_ENCODER
 
 log = logging.getLogger(__name__)
@@ -221,24 +222,23 @@ def reconcile(counts: dict[str, int]) -> dict[str, int]:
     return full
 
 
-def _dataset_source(opts: argparse.Namespace):
-    """Params, vector dim, has-text and a PTransform yielding serialized records, for --input."""
+def _dataset_params(opts: argparse.Namespace) -> tuple[dict, int, bool]:
+    """Params, vector dim and has-text of the --input dataset, checked before the job starts."""
     source = artifacts.read_manifest(opts.input, kind="embeddings")
     schema = records.read_schema(opts.input)
     shards = artifacts.list_files(artifacts.join(opts.input, "data-*.tfrecord*"))
     if not shards:
         raise artifacts.ArtifactError(f"{opts.input} holds no data-*.tfrecord shards")
     params = {"input": opts.input, "input_fingerprint": source.get("fingerprint"), "source_shards": shards}
-    read = ReadFromTFRecord(artifacts.join(opts.input, "data-*.tfrecord*"))
-    return params, records.schema_dim(schema), any(f.name == records.TEXT for f in schema.feature), read, None
+    return params, records.schema_dim(schema), any(f.name == records.TEXT for f in schema.feature)
 
 
-class _EmbedText(beam.PTransform):
-    """Raw corpus -> serialized 512-d records, reusing the embed job's transforms; dead letters to ``sink``."""
+class EmbedText(beam.PTransform):
+    """Raw corpus -> ``{'records': serialized 512-d records, 'dead': JSON lines}``, as `shrink embed` does."""
 
-    def __init__(self, opts: argparse.Namespace, options, sink: list):
+    def __init__(self, opts: argparse.Namespace, processes_per_machine: int):
         super().__init__()
-        self.opts, self.options, self.sink = opts, options, sink
+        self.opts, self.processes_per_machine = opts, processes_per_machine
 
     def expand(self, pbegin):
         from pipelines import embed
@@ -246,35 +246,59 @@ class _EmbedText(beam.PTransform):
 
         opts = self.opts
         handler = EncoderModelHandler(opts.encoder, threads=opts.encoder_threads or None,
-                                      processes_per_machine=embed.processes_per_machine(self.options),
+                                      processes_per_machine=self.processes_per_machine,
                                       max_batch_size=opts.max_batch_size)
         corpus = pbegin | "ReadCorpus" >> embed.ReadCorpus(opts.text_input, opts.input_format, opts.text_field,
                                                           opts.id_field, opts.max_chars)
         deduped = corpus["records"] | "Deduplicate" >> embed.Deduplicate()
         embedded = deduped.unique | "Embed" >> embed.EmbedSentences(handler, opts.embedding_dim)
-        self.sink.extend([corpus[embed.DEAD], deduped[embed.DEAD], embedded[embed.DEAD]])
-        return embedded["vectors"] | "ToExample" >> beam.MapTuple(
+        serialized = embedded["vectors"] | "ToExample" >> beam.MapTuple(
             lambda id_, text, vec: records.encode_example(id_, vec, text))
+        dead = (corpus[embed.DEAD], deduped[embed.DEAD], embedded[embed.DEAD]) | "EmbedDead" >> beam.Flatten()
+        return {"records": serialized, DEAD: dead}
 
 
-def _text_source(opts: argparse.Namespace, options):
+def _text_params(opts: argparse.Namespace) -> dict:
     from pipelines.encoders import validate_spec
     from pipelines.sources import check_patterns
 
     validate_spec(opts.encoder)
     check_patterns(opts.text_input)
-    params = {"text_input": opts.text_input, "input_format": opts.input_format, "text_field": opts.text_field,
-              "id_field": opts.id_field, "encoder": opts.encoder, "max_chars": opts.max_chars}
-    sink: list = []
-    return params, opts.embedding_dim, True, _EmbedText(opts, options, sink), sink
+    return {"text_input": opts.text_input, "input_format": opts.input_format, "text_field": opts.text_field,
+            "id_field": opts.id_field, "encoder": opts.encoder, "max_chars": opts.max_chars}
+
+
+def build(p: beam.Pipeline, opts: argparse.Namespace, fn: ReduceBatch, output_dim: int, keep_text: bool,
+          processes_per_machine: int = 1) -> None:
+    """The reduce pipeline: read (shards, or raw text embedded on the fly), reduce in batches, write."""
+    dead = []
+    if opts.input:
+        raw = p | "Read" >> ReadFromTFRecord(artifacts.join(opts.input, "data-*.tfrecord*"), validate=False)
+    else:
+        embedded = p | "EmbedText" >> EmbedText(opts, processes_per_machine)
+        raw, dead = embedded["records"], [embedded[DEAD]]
+    reduced = raw | "ReduceRecords" >> ReduceRecords(fn)
+    prefix = artifacts.join(opts.output, DATA_PREFIX)
+    if opts.format == "parquet":
+        _ = reduced["rows"] | "WriteParquet" >> WriteToParquetBatched(
+            prefix, schema=parquet_schema(output_dim, opts.dtype, keep_text),
+            file_name_suffix=".parquet", num_shards=opts.num_shards)
+    else:
+        _ = reduced["rows"] | "WriteTFRecord" >> write_tfrecord_batches(prefix, opts.num_shards)
+    _ = ((reduced[DEAD], *dead)
+         | "AllDeadLetters" >> beam.Flatten()
+         | "WriteDeadLetters" >> beam.io.WriteToText(
+             artifacts.join(opts.output, DEADLETTER_DIR, "deadletter"), file_name_suffix=".jsonl"))
 
 
 def run(argv: list[str] | None = None) -> dict:
     opts, options = parse_job_args(make_parser(), argv)
     if opts.batch_size < 1:
         raise ValueError("--batch_size must be positive")
-    source_params, input_dim, with_text, read, text_dead = (
-        _dataset_source(opts) if opts.input else _text_source(opts, options))
+    if opts.input:
+        source_params, input_dim, with_text = _dataset_params(opts)
+    else:
+        source_params, input_dim, with_text = _text_params(opts), opts.embedding_dim, True
     data_path = opts.input or ", ".join(opts.text_input)
     reducer = reducers.load_reducer(opts.reducer)
     reducers.check_input_dim(reducer, input_dim, data_path)
@@ -290,19 +314,7 @@ def run(argv: list[str] | None = None) -> dict:
     fn = ReduceBatch(opts.reducer, input_dim, with_text, keep_text, opts.format, opts.dtype, opts.batch_size)
     start = time.monotonic()
     p = create_pipeline(options)
-    raw = p | "Read" >> read
-    reduced = raw | "ReduceRecords" >> ReduceRecords(fn)
-    prefix = artifacts.join(opts.output, DATA_PREFIX)
-    if opts.format == "parquet":
-        _ = reduced["rows"] | "WriteParquet" >> WriteToParquetBatched(
-            prefix, schema=parquet_schema(reducer.output_dim, opts.dtype, keep_text),
-            file_name_suffix=".parquet", num_shards=opts.num_shards)
-    else:
-        _ = reduced["rows"] | "WriteTFRecord" >> write_tfrecord_batches(prefix, opts.num_shards)
-    _ = ((reduced[DEAD], *(text_dead or ()))
-         | "AllDeadLetters" >> beam.Flatten()
-         | "WriteDeadLetters" >> beam.io.WriteToText(
-             artifacts.join(opts.output, DEADLETTER_DIR, "deadletter"), file_name_suffix=".jsonl"))
+    build(p, opts, fn, reducer.output_dim, keep_text, processes_per_machine(options))
     result = run_and_wait(p)
     elapsed = time.monotonic() - start
 
@@ -317,7 +329,7 @@ def run(argv: list[str] | None = None) -> dict:
         "reducer_summary": reducer.summary(), "counts": counts, "seconds": round(elapsed, 2),
         "vectors_per_second": round(counts["written"] / max(elapsed, 1e-9), 1),
         "source_shards": source_params.get("source_shards", []),
-        "shards": artifacts.list_files(f"{prefix}-*"),
+        "shards": artifacts.list_files(artifacts.join(opts.output, f"{DATA_PREFIX}-*")),
         "deadletter": artifacts.list_files(artifacts.join(opts.output, DEADLETTER_DIR, "*")),
     })
     log.info("reduced %d vectors %d -> %d (%d dead-lettered) in %.1fs -> %s", counts["written"], input_dim,
