@@ -130,7 +130,9 @@ def build(p: beam.Pipeline, pattern: str, input_dim: int, opts: argparse.Namespa
     # flattens, and a local runner then buffers every record before the flatten.
     source = tfxio.TFExampleRecord(file_pattern=pattern, schema=schema,
                                    telemetry_descriptors=["use-shrink", "fit-pca"])
-    raw = p | "ReadRecords" >> source.RawRecordBeamSource()
+    # TFXIO's own RawRecordBeamSource validates the pattern while the graph is
+    # built (a storage round trip on the launcher); the job checked the input.
+    raw = p | "ReadRecords" >> beam.io.ReadFromTFRecord(pattern, coder=beam.coders.BytesCoder(), validate=False)
     if fraction < 1:
         raw = raw | "Sample" >> beam.ParDo(_Sample(fraction, opts.seed))
     batches = (raw

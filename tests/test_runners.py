@@ -1,0 +1,122 @@
+"""Every Beam job on Beam's portable runner and translated for Dataflow, offline.
+
+- Portable: a local Job API server and an SDK worker pool run as separate
+  processes (the submission path of a Flink or Spark cluster); embed, fit-pca
+  and reduce are submitted with ``--runner PortableRunner --environment_type
+  EXTERNAL`` and must produce what DirectRunner produces.
+- Dataflow: each job's graph is translated with ``--dry_run=True`` (nothing
+  is submitted, no network), with gs:// paths, and the translated pipeline
+  proto is checked: our transforms are there and no local path leaked in.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines import embed, fit_pca, records, reduce
+from pipelines.encoders import EncoderModelHandler
+from pipelines.reducers import load_reducer
+from tests.fixtures import correlated_vectors, write_embedding_dataset, write_linear_reducer
+from tests.hub_models import save_text_encoder
+from tests.portable import portable_cluster
+
+REPO = Path(__file__).resolve().parents[1]
+SENTENCES = [f"Company {c} reported {m} up {p}% in the quarter." for c in "ABCDEFGH"
+             for m in ("revenue", "profit", "sales") for p in (3, 7)]
+
+
+def _vectors(out) -> dict[str, np.ndarray]:
+    return {r["id"]: r["embedding"] for r in records.read_examples(str(out / "data-*"))}
+
+
+def test_jobs_on_the_portable_runner_match_direct_runner(tmp_path):
+    hub = save_text_encoder(str(tmp_path / "hub"), 512)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(SENTENCES) + "\n")
+    direct, portable = tmp_path / "direct", tmp_path / "portable"
+    common = ["--encoder", f"tfhub:{hub}"]
+
+    embed.run(["--input", str(corpus), "--output", str(direct / "emb"), *common])
+    fit_pca.run(["--input", str(direct / "emb"), "--output", str(direct / "pca"), "--output_dim", "8"])
+    reduce.run(["--input", str(direct / "emb"), "--reducer", str(direct / "pca"), "--output", str(direct / "red")])
+
+    with portable_cluster(tmp_path) as cluster:
+        jobs = [("pipelines.embed", "--input", str(corpus), "--output", str(portable / "emb"), *common),
+                ("pipelines.fit_pca", "--input", str(portable / "emb"), "--output", str(portable / "pca"),
+                 "--output_dim", "8", "--temp_dir", str(tmp_path / "tft_tmp")),
+                ("pipelines.reduce", "--input", str(portable / "emb"), "--reducer", str(portable / "pca"),
+                 "--output", str(portable / "red"))]
+        for module, *args in jobs:
+            result = cluster.run_module(module, *args, timeout=240)
+            assert result.returncode == 0, f"{module} failed:\n{result.stderr[-4000:]}"
+
+    a, b = _vectors(direct / "emb"), _vectors(portable / "emb")
+    assert a.keys() == b.keys() and len(a) == len(SENTENCES)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    probe = correlated_vectors(20, 512, seed=5)
+    np.testing.assert_allclose(np.abs(load_reducer(str(direct / "pca"))(probe)),
+                               np.abs(load_reducer(str(portable / "pca"))(probe)), atol=1e-4)
+    ra, rb = _vectors(direct / "red"), _vectors(portable / "red")
+    assert ra.keys() == a.keys() and rb.keys() == a.keys()
+    assert all(np.allclose(np.abs(ra[k]), np.abs(rb[k]), atol=1e-4) for k in ra)
+
+
+def _dataflow_options() -> PipelineOptions:
+    # --dry_run is a TestOptions flag: translate the job, submit nothing. (Any
+    # value, even "False", parses as true, so it is only ever passed as True.)
+    # --setup_file is the real one: workers would install this package from it.
+    return PipelineOptions(["--runner=DataflowRunner", "--dry_run=True", "--project=fake-project",
+                            "--region=us-central1", "--temp_location=gs://fake-bucket/tmp",
+                            f"--setup_file={REPO / 'setup.py'}"])
+
+
+def _translated(p: beam.Pipeline):
+    p.run()
+    proto = p.runner.proto_pipeline
+    names = {t.unique_name for t in proto.components.transforms.values()}
+    return names, proto.SerializeToString()
+
+
+def _assert_no_local_paths(blob: bytes, *local_dirs) -> None:
+    for d in local_dirs:
+        assert str(d).encode() not in blob, f"local path {d} leaked into the Dataflow job"
+    assert re.search(rb"gs://fake-bucket/", blob)
+
+
+def test_embed_translates_for_dataflow(tmp_path):
+    p = beam.Pipeline(options=_dataflow_options())
+    opts = embed.make_parser().parse_args(["--input", "gs://fake-bucket/in/*.txt", "--output", "gs://fake-bucket/emb"])
+    embed.build(p, opts, EncoderModelHandler("use-m3"), ["gs://fake-bucket/old/data-00000-of-00001.tfrecord"])
+    names, blob = _translated(p)
+    assert {"ReadCorpus", "Deduplicate", "Embed", "WriteShards", "WriteDeadLetters", "Previous"} <= names
+    _assert_no_local_paths(blob, tmp_path)
+
+
+def test_fit_pca_translates_for_dataflow(tmp_path):
+    tft_temp = tmp_path / "tft_temp"  # tf.Transform's own temp dir stays local in a dry run
+    p = beam.Pipeline(options=_dataflow_options())
+    opts = fit_pca.make_parser().parse_args(["--input", "gs://fake-bucket/emb", "--output", "gs://fake-bucket/pca"])
+    fit_pca.build(p, fit_pca.shard_pattern("gs://fake-bucket/emb"), 512, opts, 0.5, str(tft_temp))
+    names, blob = _translated(p)
+    assert {"ReadRecords", "Sample", "Analyze", "WriteTransformFn"} <= names
+    _assert_no_local_paths(blob.replace(str(tft_temp).encode(), b""), tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["tfrecord", "parquet"])
+def test_reduce_translates_for_dataflow(tmp_path, fmt):
+    reducer = write_linear_reducer(tmp_path / "pca", np.zeros(512), np.eye(512)[:, :128])
+    p = beam.Pipeline(options=_dataflow_options())
+    opts = reduce.make_parser().parse_args(["--input", "gs://fake-bucket/emb", "--reducer", "gs://fake-bucket/pca",
+                                            "--output", "gs://fake-bucket/red", "--format", fmt])
+    fn = reduce.ReduceBatch("gs://fake-bucket/pca", 512, True, True, fmt, "float32", 1024)
+    reduce.build(p, opts, fn, 128, keep_text=True)
+    names, blob = _translated(p)
+    assert {"Read", "ReduceRecords", "WriteDeadLetters"} <= names
+    assert ("WriteParquet" if fmt == "parquet" else "WriteTFRecord") in names
+    _assert_no_local_paths(blob, reducer)
