@@ -51,6 +51,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shrink fit-pca", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="embedding dataset directory (shards, schema, manifest)")
+    parser.add_argument("--extra_input", action="append", default=[],
+                        help="more embedding datasets fitted on together with --input (e.g. a corpus's increments)")
     parser.add_argument("--output", required=True, help="reducer artifact directory to write")
     parser.add_argument("--output_dim", type=int, default=128, help="kept components, 1..input dim")
     parser.add_argument("--center", action=argparse.BooleanOptionalAction, default=True,
@@ -121,18 +123,21 @@ class _CountRows(beam.DoFn):
         yield batch
 
 
-def build(p: beam.Pipeline, pattern: str, input_dim: int, opts: argparse.Namespace, fraction: float,
+def build(p: beam.Pipeline, patterns: list[str], input_dim: int, opts: argparse.Namespace, fraction: float,
           temp_dir: str) -> None:
     # A schema of the embedding alone: the decoder then skips ids and texts.
     schema = schema_utils.schema_from_feature_spec(
         {records.EMBEDDING: tf.io.FixedLenFeature([input_dim], tf.float32)})
     # One glob, not the list of shards: TFXIO reads each pattern separately and
     # flattens, and a local runner then buffers every record before the flatten.
-    source = tfxio.TFExampleRecord(file_pattern=pattern, schema=schema,
+    source = tfxio.TFExampleRecord(file_pattern=patterns, schema=schema,
                                    telemetry_descriptors=["use-shrink", "fit-pca"])
     # TFXIO's own RawRecordBeamSource validates the pattern while the graph is
     # built (a storage round trip on the launcher); the job checked the input.
-    raw = p | "ReadRecords" >> beam.io.ReadFromTFRecord(pattern, coder=beam.coders.BytesCoder(), validate=False)
+    reads = [p | f"ReadRecords{i}" >> beam.io.ReadFromTFRecord(pattern, coder=beam.coders.BytesCoder(),
+                                                                validate=False)
+             for i, pattern in enumerate(patterns)]
+    raw = reads[0] if len(reads) == 1 else reads | "FlattenInputs" >> beam.Flatten()
     if fraction < 1:
         raw = raw | "Sample" >> beam.ParDo(_Sample(fraction, opts.seed))
     batches = (raw
@@ -176,11 +181,19 @@ def run(argv: list[str] | None = None) -> dict:
     input_dim = records.schema_dim(records.read_schema(opts.input))
     if not 1 <= opts.output_dim <= input_dim:
         raise ValueError(f"--output_dim must be in 1..{input_dim} (the input dimension), got {opts.output_dim}")
-    shards = input_shards(opts.input)
-    fraction = sample_fraction(opts, source)
+    extra = [artifacts.read_manifest(d, kind="embeddings") for d in opts.extra_input]
+    for d, m in zip(opts.extra_input, extra):
+        if (m.get("encoder"), records.schema_dim(records.read_schema(d))) != (source.get("encoder"), input_dim):
+            raise ArtifactError(f"--extra_input {d} was not embedded like {opts.input} (encoder or dimension)")
+    inputs = [opts.input, *opts.extra_input]
+    shards = [shard for d in inputs for shard in input_shards(d)]
+    total = sum((m.get("counts") or {}).get("embedded", 0) for m in [source, *extra])
+    fraction = sample_fraction(opts, {"counts": {"embedded": total}})
     params = {"input": opts.input, "input_fingerprint": source.get("fingerprint"), "output_dim": opts.output_dim,
               "center": opts.center, "l2_normalize": opts.l2_normalize, "sample_fraction": fraction,
               "seed": opts.seed}
+    if extra:  # absent for a single input, so those fingerprints are unchanged
+        params["extra_input"] = [[d, m.get("fingerprint")] for d, m in zip(opts.extra_input, extra)]
     fp = artifacts.fingerprint(params)
     artifacts.prepare_output(opts.output, fp, opts.overwrite)
 
@@ -188,7 +201,7 @@ def run(argv: list[str] | None = None) -> dict:
     start = time.monotonic()
     try:
         p = create_pipeline(options)
-        build(p, shard_pattern(opts.input), input_dim, opts, fraction, temp_dir)
+        build(p, [shard_pattern(d) for d in inputs], input_dim, opts, fraction, temp_dir)
         # One BLAS thread: the analyzers' float64 x'x and eigh share the cores
         # with Beam's and TensorFlow's threads; more threads measured slower
         # (benchmarks/RESULTS.md). Applies to the local, in-process runner.

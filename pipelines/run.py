@@ -2,6 +2,7 @@
 
     shrink run --input 'corpus/*.txt' --workdir out
     shrink run --input news.csv --text_field headline --workdir out --runner DataflowRunner ...
+    shrink run --input 'corpus/*.txt' --workdir out --incremental --refit_on_drift   # nightly
 
 Steps, each writing into ``--workdir``: embed -> fit-pca and train ->
 evaluate (picks the best reducer unless ``--reducer`` names one) -> reduce.
@@ -13,6 +14,12 @@ modification times for the corpus, upstream manifests for the rest). A re-run
 skips a step whose key is unchanged and whose output is complete, and redoes
 it (and so everything downstream) otherwise; an interrupted run therefore
 resumes at the step it was in (the trainer resumes from its last epoch).
+
+``--incremental`` extends a finished run with the sentences of the (grown)
+corpus whose ids are new: they are embedded into ``increments/NNNN/``, the
+current reducer is checked for drift on them, and they are reduced with it
+(or, with ``--refit_on_drift`` and drift found, both reducers are refitted on
+everything and the whole corpus is reduced again).
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -30,6 +38,8 @@ from pipelines import artifacts
 
 log = logging.getLogger(__name__)
 RUN_MANIFEST = "run_manifest.json"
+DRIFT_SAMPLE = 5000
+MIN_DRIFT_ROWS = 20  # fewer new vectors make too few pairs for a meaningful fidelity
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -54,6 +64,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_download", action="store_true", help="never download the STS benchmark")
     p.add_argument("--golden_set")
     p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--incremental", action="store_true",
+                   help="embed and reduce only the corpus's new sentences, extending a finished run")
+    p.add_argument("--drift_threshold", type=float, default=0.02,
+                   help="drift when the reducer's pair fidelity on new data is this much below its fitting data")
+    p.add_argument("--refit_on_drift", action="store_true",
+                   help="with --incremental: on drift, refit both reducers on everything and reduce it all again")
     p.add_argument("--force", action="store_true", help="redo every step")
     return p
 
@@ -83,14 +99,16 @@ def input_identity(patterns: list[str]) -> list:
 
 
 class RunState:
-    """``run_manifest.json``: the key and outcome of every finished step."""
+    """``run_manifest.json``: every finished step's key and outcome, and the corpus's increments."""
 
     def __init__(self, workdir: str):
         self.path = os.path.join(workdir, RUN_MANIFEST)
         self.steps: dict = {}
+        self.increments: list[dict] = []
         if os.path.exists(self.path):
             with open(self.path) as f:
-                self.steps = json.load(f).get("steps", {})
+                body = json.load(f)
+            self.steps, self.increments = body.get("steps", {}), body.get("increments", [])
 
     def is_done(self, step: Step) -> bool:
         record = self.steps.get(step.name)
@@ -101,89 +119,192 @@ class RunState:
         self.steps[step.name] = {"key": artifacts.fingerprint(step.key), "output": step.output,
                                  "seconds": round(seconds, 2),
                                  "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self.save()
+
+    def save(self) -> None:
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"steps": self.steps}, f, indent=2, sort_keys=True)
+            json.dump({"steps": self.steps, "increments": self.increments}, f, indent=2, sort_keys=True)
         os.replace(tmp, self.path)  # atomic: a crash never leaves a half-written state
 
 
-def _execute(state: RunState, step: Step, force: bool) -> bool:
-    """Run ``step`` unless it is done; True if it ran."""
-    if not force and state.is_done(step):
-        log.info("step %s: unchanged, skipped (%s)", step.name, step.output)
-        return False
-    log.info("step %s: running -> %s", step.name, step.output)
-    start = time.monotonic()
-    step.action()
-    state.record(step, time.monotonic() - start)
-    return True
+class Flow:
+    """The steps of one ``run`` invocation over a work directory."""
+
+    def __init__(self, args: argparse.Namespace, beam_args: list[str]):
+        self.args, self.beam_args = args, beam_args
+        self.state = RunState(args.workdir)
+        self.ran: list[str] = []
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.args.workdir, *parts)
+
+    def execute(self, step: Step) -> bool:
+        """Run ``step`` unless it is done; True if it ran."""
+        if not self.args.force and self.state.is_done(step):
+            log.info("step %s: unchanged, skipped (%s)", step.name, step.output)
+            return False
+        log.info("step %s: running -> %s", step.name, step.output)
+        start = time.monotonic()
+        step.action()
+        self.state.record(step, time.monotonic() - start)
+        self.ran.append(step.name)
+        return True
+
+    def embed_argv(self, output: str, previous: list[str] = ()) -> list[str]:
+        a = self.args
+        return [x for i in a.input for x in ("--input", i)] + [
+            "--output", output, "--input_format", a.input_format, "--encoder", a.encoder,
+            *(["--text_field", a.text_field] if a.text_field else []),
+            *(["--id_field", a.id_field] if a.id_field else []),
+            *[x for d in previous for x in ("--previous", d)]]
+
+    def embed(self, name: str, output: str, previous: list[str] = ()) -> bool:
+        from pipelines import embed
+
+        argv = self.embed_argv(output, previous)
+        key = {"argv": argv, "beam": self.beam_args, "files": input_identity(self.args.input),
+               "previous": [output_identity(d) for d in previous]}
+        return self.execute(Step(name, output, key, lambda: embed.run(argv + ["--overwrite", *self.beam_args])))
+
+    def datasets(self) -> list[str]:
+        """Every embedding dataset of the corpus: the first run's and each increment's."""
+        return [self.path("embeddings")] + [i["embeddings"] for i in self.state.increments]
+
+    def fit_and_evaluate(self) -> str:
+        """Fit both reducers on every dataset, evaluate them; the path of the reducer to use."""
+        from pipelines import evaluate, fit_pca
+        from trainer import task
+
+        a, data = self.args, self.datasets()
+        extra = [x for d in data[1:] for x in ("--extra_input", d)]
+        data_ids = [output_identity(d) for d in data]
+        pca_argv = ["--input", data[0], *extra, "--output", self.path("pca"), "--output_dim", str(a.output_dim),
+                    "--temp_dir", self.path("tmp")]
+        train_argv = ["--input", data[0], *extra, "--output", self.path("autoencoder"),
+                      *(["--epochs", str(a.epochs)] if a.epochs else []), *a.train_arg]
+        self.execute(Step("fit-pca", self.path("pca"), {"argv": pca_argv, "beam": self.beam_args, "data": data_ids},
+                          lambda: fit_pca.run(pca_argv + ["--overwrite", *self.beam_args])))
+        self.execute(Step("train", self.path("autoencoder"), {"argv": train_argv, "data": data_ids},
+                          lambda: task.run(train_argv + ["--overwrite"])))
+        eval_argv = ["--embeddings", data[0], "--reducer", self.path("pca"), "--reducer", self.path("autoencoder"),
+                     "--output", self.path("report"), "--queries", str(a.queries),
+                     *(["--sts_dir", a.sts_dir] if a.sts_dir else []),
+                     *(["--no_download"] if a.no_download else []),
+                     *(["--golden_set", a.golden_set] if a.golden_set else [])]
+        reducers = {n: output_identity(self.path(n)) for n in ("pca", "autoencoder")}
+        self.execute(Step("evaluate", self.path("report"), {"argv": eval_argv, "reducers": reducers,
+                                                            "data": data_ids},
+                          lambda: evaluate.run(eval_argv), done_file="report.json"))
+        if a.reducer != "best":
+            return self.path(a.reducer if a.reducer == "pca" else "autoencoder")
+        with open(self.path("report", "report.json")) as f:
+            chosen = json.load(f).get("best_reducer_path")
+        if not chosen:
+            raise RuntimeError("no reducer could be chosen: the report has neither STS nor corpus retrieval "
+                               "results; pass --reducer pca or --reducer autoencoder")
+        return chosen
+
+    def reduce_all(self, reducer: str) -> None:
+        """Reduce every dataset of the corpus with ``reducer`` (steps whose inputs are unchanged are skipped)."""
+        from pipelines import reduce
+
+        a = self.args
+        targets = [("reduce", self.path("embeddings"), self.path("reduced"))] + [
+            (f"reduce-{i['name']}", i["embeddings"], i["reduced"]) for i in self.state.increments]
+        for name, data, output in targets:
+            argv = ["--input", data, "--reducer", reducer, "--output", output, "--format", a.format,
+                    "--dtype", a.dtype, *(["--drop_text"] if a.drop_text else [])]
+            key = {"argv": argv, "beam": self.beam_args, "data": output_identity(data),
+                   "reducer": output_identity(reducer)}
+            self.execute(Step(name, output, key, lambda argv=argv: reduce.run(argv + ["--overwrite",
+                                                                                    *self.beam_args])))
+        self.state.steps["reduce"]["reducer"] = reducer
+        self.state.save()
+
+    def full(self) -> dict:
+        if self.embed("embed", self.path("embeddings")) and self.state.increments:
+            # The corpus was embedded again from scratch: it now holds what the increments held.
+            for inc in self.state.increments:
+                shutil.rmtree(os.path.dirname(inc["embeddings"]), ignore_errors=True)
+            self.state.increments = []
+            self.state.save()
+        reducer = self.fit_and_evaluate()
+        self.reduce_all(reducer)
+        return self.summary(reducer)
+
+    def increment(self) -> dict:
+        from pipelines import drift, evaluate
+        from pipelines.reducers import load_reducer
+
+        if "reduce" not in self.state.steps or "reducer" not in self.state.steps["reduce"]:
+            raise RuntimeError(f"{self.args.workdir} holds no finished run to extend; run without --incremental first")
+        name = f"{len(self.state.increments) + 1:04d}"
+        inc_dir = self.path("increments", name)
+        self.embed(f"embed-{name}", os.path.join(inc_dir, "embeddings"), self.datasets())
+        manifest = artifacts.read_manifest(os.path.join(inc_dir, "embeddings"), "embeddings")
+        counts = manifest["counts"]
+        current = self.state.steps["reduce"]["reducer"]
+        record = {"name": name, "embeddings": os.path.join(inc_dir, "embeddings"),
+                  "reduced": os.path.join(inc_dir, "reduced"), "counts": counts, "drift": None, "refit": False}
+        if counts["embedded"] == 0:
+            log.info("no new sentences: nothing to add")
+            shutil.rmtree(inc_dir, ignore_errors=True)
+            return self.summary(current, new=0)
+        new, _ = evaluate.load_sample(record["embeddings"], DRIFT_SAMPLE, 0)
+        if len(new) >= MIN_DRIFT_ROWS:
+            reference, _ = evaluate.load_sample(self.path("embeddings"), DRIFT_SAMPLE, 0)
+            record["drift"] = drift.check(load_reducer(current), reference, new, self.args.drift_threshold)
+            with open(os.path.join(inc_dir, "drift.json"), "w") as f:
+                json.dump(record["drift"], f, indent=2)
+        self.state.increments.append(record)
+        self.state.save()
+        d = record["drift"]
+        if d is None:
+            log.info("drift check skipped: %d new vectors, fewer than %d", len(new), MIN_DRIFT_ROWS)
+        else:
+            log.info("drift check: pair fidelity %.4f on new data vs %.4f on fitting data (drop %.4f, threshold "
+                     "%.4f)%s", d["fidelity_new"], d["fidelity_reference"], d["drop"], d["threshold"],
+                     ": DRIFT" if d["drift"] else "")
+        if d and d["drift"] and self.args.refit_on_drift:
+            record["refit"] = True
+            self.state.save()
+            current = self.fit_and_evaluate()
+        elif d and d["drift"]:
+            log.warning("the reducer has drifted on the new data; re-run with --refit_on_drift to refit it")
+        self.reduce_all(current)
+        return self.summary(current, new=counts["embedded"])
+
+    def summary(self, reducer: str, new: int | None = None) -> dict:
+        a = self.args
+        totals = [artifacts.read_manifest(d, "embeddings")["counts"]["embedded"] for d in self.datasets()]
+        reduced = [self.path("reduced")] + [i["reduced"] for i in self.state.increments]
+        summary = {"workdir": a.workdir, "steps_run": self.ran, "reducer": reducer, "reduced": reduced,
+                   "vectors": sum(totals), "report": self.path("report", "report.md"),
+                   "increments": self.state.increments}
+        lines = [f"\nreduced corpus ({a.format}, {a.dtype}): {', '.join(reduced)}",
+                 f"vectors: {sum(totals)} (first run {totals[0]}"
+                 + "".join(f", increment {i['name']} {t}" for i, t in zip(self.state.increments, totals[1:])) + ")",
+                 f"reducer used: {reducer}", f"report: {summary['report']}",
+                 f"steps run this time: {', '.join(self.ran) or 'none (all up to date)'}"]
+        if new is not None:
+            summary["new_vectors"] = new
+            d = self.state.increments[-1]["drift"] if new else None
+            lines.append(f"new sentences this time: {new}" + (
+                f"; drift: {'YES' if d['drift'] else 'no'} (pair fidelity {d['fidelity_new']:.4f} on new data vs "
+                f"{d['fidelity_reference']:.4f}){'; reducers refitted' if self.state.increments[-1]['refit'] else ''}"
+                if d else ""))
+        print("\n".join(lines))
+        return summary
 
 
 def run(argv: list[str] | None = None) -> dict:
-    from pipelines import embed, evaluate, fit_pca, reduce
-    from trainer import task
-
     args, beam_args = make_parser().parse_known_args(argv)
+    if args.refit_on_drift and not args.incremental:
+        raise ValueError("--refit_on_drift goes with --incremental")
     os.makedirs(args.workdir, exist_ok=True)
-    w = lambda name: os.path.join(args.workdir, name)  # noqa: E731
-    state = RunState(args.workdir)
-    ran: list[str] = []
-
-    embed_argv = [a for i in args.input for a in ("--input", i)] + [
-        "--output", w("embeddings"), "--input_format", args.input_format, "--encoder", args.encoder,
-        *(["--text_field", args.text_field] if args.text_field else []),
-        *(["--id_field", args.id_field] if args.id_field else [])]
-    steps = [Step("embed", w("embeddings"), {"argv": embed_argv, "beam": beam_args,
-                                             "files": input_identity(args.input)},
-                  lambda: embed.run(embed_argv + ["--overwrite", *beam_args]))]
-    for step in steps:
-        if _execute(state, step, args.force):
-            ran.append(step.name)
-    emb_id = output_identity(w("embeddings"))
-
-    pca_argv = ["--input", w("embeddings"), "--output", w("pca"), "--output_dim", str(args.output_dim),
-                "--temp_dir", w("tmp")]
-    train_argv = ["--input", w("embeddings"), "--output", w("autoencoder"),
-                  *(["--epochs", str(args.epochs)] if args.epochs else []), *args.train_arg]
-    for step in (Step("fit-pca", w("pca"), {"argv": pca_argv, "beam": beam_args, "embeddings": emb_id},
-                      lambda: fit_pca.run(pca_argv + ["--overwrite", *beam_args])),
-                 Step("train", w("autoencoder"), {"argv": train_argv, "embeddings": emb_id},
-                      lambda: task.run(train_argv + ["--overwrite"]))):
-        if _execute(state, step, args.force):
-            ran.append(step.name)
-
-    reducer_ids = {name: output_identity(w(name)) for name in ("pca", "autoencoder")}
-    eval_argv = ["--embeddings", w("embeddings"), "--reducer", w("pca"), "--reducer", w("autoencoder"),
-                 "--output", w("report"), "--queries", str(args.queries),
-                 *(["--sts_dir", args.sts_dir] if args.sts_dir else []),
-                 *(["--no_download"] if args.no_download else []),
-                 *(["--golden_set", args.golden_set] if args.golden_set else [])]
-    evaluate_step = Step("evaluate", w("report"), {"argv": eval_argv, "inputs": reducer_ids, "embeddings": emb_id},
-                         lambda: evaluate.run(eval_argv), done_file="report.json")
-    if _execute(state, evaluate_step, args.force):
-        ran.append("evaluate")
-    with open(os.path.join(w("report"), "report.json")) as f:
-        report = json.load(f)
-
-    chosen = report.get("best_reducer_path") if args.reducer == "best" else w(
-        "pca" if args.reducer == "pca" else "autoencoder")
-    if not chosen:
-        raise RuntimeError("no reducer could be chosen: the report has neither STS nor corpus retrieval results; "
-                           "pass --reducer pca or --reducer autoencoder")
-    reduce_argv = ["--input", w("embeddings"), "--reducer", chosen, "--output", w("reduced"),
-                   "--format", args.format, "--dtype", args.dtype, *(["--drop_text"] if args.drop_text else [])]
-    reduce_step = Step("reduce", w("reduced"), {"argv": reduce_argv, "beam": beam_args, "embeddings": emb_id,
-                                                "reducer": output_identity(chosen)},
-                       lambda: reduce.run(reduce_argv + ["--overwrite", *beam_args]))
-    if _execute(state, reduce_step, args.force):
-        ran.append("reduce")
-
-    summary = {"workdir": args.workdir, "steps_run": ran, "reducer": chosen,
-               "reduced": w("reduced"), "report": os.path.join(w("report"), "report.md")}
-    print(f"\nreduced corpus ({args.format}, {args.dtype}): {w('reduced')}\n"
-          f"reducer used: {chosen}\nreport: {summary['report']}\n"
-          f"steps run this time: {', '.join(ran) or 'none (all up to date)'}")
-    return summary
+    flow = Flow(args, beam_args)
+    return flow.increment() if args.incremental else flow.full()
 
 
 if __name__ == "__main__":

@@ -55,3 +55,33 @@ def test_run_end_to_end_then_skip_and_redo(tmp_path, corpus, shared_data):
     assert run.run(argv)["steps_run"] == []  # nothing changed: every step skipped
     again = run.run(argv + ["--format", "parquet"])  # only the last step's parameters changed
     assert again["steps_run"] == ["reduce"]
+
+
+def test_incremental_runs_extend_the_corpus_and_refit_on_drift(tmp_path):
+    hub = save_text_encoder(str(tmp_path / "hub"), 512)
+    sentences = sample_corpus.generate(360, seed=4)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(sentences[:300]) + "\n")
+    work = tmp_path / "work"
+    base = ["--input", str(corpus), "--workdir", str(work), "--encoder", f"tfhub:{hub}", "--epochs", "1",
+            "--queries", "20", "--no_download", "--reducer", "pca"]
+    first = run.run(base)
+    assert first["vectors"] == 300
+
+    corpus.write_text("\n".join(sentences) + "\n")  # the corpus grew by 60 sentences
+    second = run.run(base + ["--incremental"])
+    assert second["steps_run"] == ["embed-0001", "reduce-0001"]
+    assert second["new_vectors"] == 60 and second["vectors"] == 360
+    inc = second["increments"][0]
+    assert inc["counts"]["already_embedded"] == 300 and inc["drift"]["drift"] in (True, False)
+    old = {r["id"] for r in records.read_examples(str(work / "reduced" / "data-*"))}
+    new = {r["id"] for r in records.read_examples(inc["reduced"] + "/data-*")}
+    assert len(old) == 300 and len(new) == 60 and not old & new  # nothing twice, nothing missing
+
+    assert run.run(base + ["--incremental"])["new_vectors"] == 0  # nothing new: nothing added
+
+    cats = [f"My cat number {i} sleeps all day on the sofa." for i in range(25)]
+    corpus.write_text("\n".join(sentences + cats) + "\n")
+    third = run.run(base + ["--incremental", "--refit_on_drift", "--drift_threshold", "-1"])  # always drift
+    assert third["increments"][-1]["refit"] and third["vectors"] == 385
+    assert {"fit-pca", "train", "evaluate", "reduce", "reduce-0001", "reduce-0002"} <= set(third["steps_run"])

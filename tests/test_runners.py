@@ -102,9 +102,9 @@ def test_fit_pca_translates_for_dataflow(tmp_path):
     tft_temp = tmp_path / "tft_temp"  # tf.Transform's own temp dir stays local in a dry run
     p = beam.Pipeline(options=_dataflow_options())
     opts = fit_pca.make_parser().parse_args(["--input", "gs://fake-bucket/emb", "--output", "gs://fake-bucket/pca"])
-    fit_pca.build(p, fit_pca.shard_pattern("gs://fake-bucket/emb"), 512, opts, 0.5, str(tft_temp))
+    fit_pca.build(p, [fit_pca.shard_pattern("gs://fake-bucket/emb")], 512, opts, 0.5, str(tft_temp))
     names, blob = _translated(p)
-    assert {"ReadRecords", "Sample", "Analyze", "WriteTransformFn"} <= names
+    assert {"ReadRecords0", "Sample", "Analyze", "WriteTransformFn"} <= names
     _assert_no_local_paths(blob.replace(str(tft_temp).encode(), b""), tmp_path)
 
 

@@ -41,6 +41,18 @@ def open_source(directory: str) -> EmbeddingSource:
     return EmbeddingSource(directory, dim, tuple(files), manifest)
 
 
+def open_sources(directories: list[str]) -> EmbeddingSource:
+    """Several embedding datasets (a corpus and its increments) read as one."""
+    sources = [open_source(d) for d in directories]
+    first = sources[0]
+    for other in sources[1:]:
+        if (other.dim, other.manifest.get("encoder")) != (first.dim, first.manifest.get("encoder")):
+            raise artifacts.ArtifactError(
+                f"{other.directory} ({other.manifest.get('encoder')}, {other.dim}-d) cannot be trained on with "
+                f"{first.directory} ({first.manifest.get('encoder')}, {first.dim}-d)")
+    return EmbeddingSource(first.directory, first.dim, tuple(f for s in sources for f in s.files), first.manifest)
+
+
 def in_split(ids: tf.Tensor, validation: bool, val_permille: int) -> tf.Tensor:
     """Boolean mask: which ``ids`` belong to the validation (or training) split."""
     held_out = tf.strings.to_hash_bucket_fast(ids, _HASH_BUCKETS) < val_permille

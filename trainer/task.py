@@ -62,6 +62,8 @@ def _sizes(value: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shrink train", description=__doc__.split("\n")[0])
     p.add_argument("--input", required=True, help="embedding dataset directory (output of `shrink embed`)")
+    p.add_argument("--extra_input", action="append", default=[],
+                   help="more embedding datasets to train on together with --input (e.g. a corpus's increments)")
     p.add_argument("--output", default=os.environ.get("AIP_MODEL_DIR"),
                    help="artifact directory (default: $AIP_MODEL_DIR)")
     p.add_argument("--sizes", type=_sizes, default=[256, 128], help="encoder layer sizes; the last is the code size")
@@ -165,9 +167,12 @@ def train(args: argparse.Namespace, extra_callbacks: list | None = None) -> dict
     """Train, export and write the manifest; returns the manifest."""
     if not args.output:
         raise ValueError("--output is required (or set AIP_MODEL_DIR)")
-    source = data.open_source(args.input)
+    source = data.open_sources([args.input, *args.extra_input])
     params = {k: getattr(args, k) for k in _MODEL_FLAGS}
     params.update(input=os.path.abspath(args.input), source_fingerprint=source.manifest.get("fingerprint"))
+    if args.extra_input:  # absent from single-input params, so their fingerprints are unchanged
+        params["extra_input"] = [[os.path.abspath(d), artifacts.read_manifest(d).get("fingerprint")]
+                                 for d in args.extra_input]
     prepare(args.output, params, args.overwrite)
     train_dir = os.path.join(args.output, "train")
     keras.utils.set_random_seed(args.seed)
