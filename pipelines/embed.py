@@ -29,7 +29,7 @@ from pipelines import artifacts, records
 from pipelines import deadletter as dl
 from pipelines.beam_utils import (LOCAL_RUNNERS, ProgressLog, counter_values, create_pipeline, parse_job_args,
                                   run_and_wait)
-from pipelines.encoders import DEFAULT_ENCODER, EncoderModelHandler, validate_spec
+from pipelines.encoders import DEFAULT_ENCODER, EncoderModelHandler, available_cores, validate_spec
 from pipelines.sources import DEAD, NAMESPACE, ReadCorpus, check_patterns
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,6 @@ class EmbedSentences(beam.PTransform):
 def processes_per_machine(options: PipelineOptions) -> int:
     """How many SDK worker processes share a machine's cores, for thread sizing."""
     if options.view_as(StandardOptions).runner not in LOCAL_RUNNERS:
-        from pipelines.encoders import available_cores
         return available_cores()  # Dataflow/Flink run about one Python process per core
     direct = options.view_as(DirectOptions)
     if direct.direct_running_mode in ("multi_processing", "multi_threading"):

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines import artifacts, datasets, metrics
+from pipelines import report as report_io
 from pipelines.encoders import load_encoder, worker_threads
 from pipelines.reducers import Reducer, check_input_dim, load_reducer
 
@@ -232,8 +233,6 @@ def run(argv: list[str] | None = None) -> dict:
     report["best_reducer"] = pick_best(report, names)
     if report["best_reducer"]:
         report["best_reducer_path"] = reducers[names.index(report["best_reducer"])].path
-    from pipelines import report as report_io
-
     report["figures"] = report_io.write_figures(report, cosines, args.output)
     Path(args.output, "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
     Path(args.output, "report.md").write_text(report_io.markdown(report))
