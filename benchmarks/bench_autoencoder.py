@@ -65,8 +65,6 @@ CONFIGS = {
     "cosine + sim 30, lr 1e-3": {"loss": "cosine", "similarity_weight": 30.0, "lr": 1e-3},
     "cosine + sim 10, lr 1e-3, neighbour batches": {"loss": "cosine", "similarity_weight": 10.0, "lr": 1e-3,
                                                     "neighbour_batches": True},
-    "cosine + sim 10, lr 1e-3, untied, neighbour batches": {"loss": "cosine", "similarity_weight": 10.0,
-                                                            "lr": 1e-3, "tied": False, "neighbour_batches": True},
     "64-d seed": {"sizes": [256, 64]},
     "64-d cosine + sim 10, lr 1e-3": {"sizes": [256, 64], "loss": "cosine", "similarity_weight": 10.0,
                                       "lr": 1e-3},
