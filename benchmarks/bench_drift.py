@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--max-train", type=int, default=100_000)
-    p.add_argument("--ae-config", default="cosine + sim 10, lr 1e-3", choices=sorted(bae.CONFIGS))
+    p.add_argument("--ae-config", default="cosine + sim 10, lr 1e-3, untied", choices=sorted(bae.CONFIGS))
     p.add_argument("--threshold", type=float, default=0.02)
     p.add_argument("--write", action="store_true")
     args = p.parse_args(argv)
