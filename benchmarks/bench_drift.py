@@ -66,7 +66,7 @@ def main(argv=None) -> int:
         f"financial-news sentences (outside the retrieval slice; AE: {args.epochs} epochs). Reference = "
         f"{SAMPLE:,} held-out financial sentences; each new batch {SAMPLE:,} sentences. Measure: pair fidelity "
         f"(Pearson between raw and reduced cosines of 20,000 random pairs), threshold {args.threshold}.\n",
-        "| reducer | new batch | fidelity on fitting domain | fidelity on new batch | change | drift? |",
+        "| reducer | new batch | fidelity on fitting domain | fidelity on new batch | drop | drift? |",
         "|---|---|---|---|---|---|", *rows, ""])
     print(table)
     if args.write:
