@@ -59,6 +59,8 @@ def write_manifest(directory: str, kind: str, body: dict) -> dict:
 def read_manifest(directory: str, kind: str | tuple[str, ...] | None = None) -> dict:
     """Load and validate a manifest; ``kind`` restricts what is accepted."""
     path = manifest_path(directory)
+    if not FileSystems.exists(directory):
+        raise ArtifactError(f"{directory} does not exist")
     if not FileSystems.exists(path):
         raise ArtifactError(f"{directory} has no {MANIFEST}: missing, incomplete or not an artifact of this tool")
     try:

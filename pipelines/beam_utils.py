@@ -84,13 +84,18 @@ def parse_job_args(parser: argparse.ArgumentParser, argv: list[str] | None):
     known Beam option is an error, so a typo never passes silently.
     """
     args, rest = parser.parse_known_args(argv)
+    check_beam_args(parser, rest)
+    return args, PipelineOptions(rest)
+
+
+def check_beam_args(parser: argparse.ArgumentParser, beam_args: list[str]) -> None:
+    """Exit with a usage error (via ``parser``) if ``beam_args`` holds anything Beam does not know."""
     beam_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for cls in _all_subclasses(PipelineOptions):
         cls._add_argparse_args(beam_parser)  # pylint: disable=protected-access
-    _, unknown = beam_parser.parse_known_args(rest)
+    _, unknown = beam_parser.parse_known_args(beam_args)
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    return args, PipelineOptions(rest)
 
 
 def _all_subclasses(cls):

@@ -18,7 +18,7 @@ SHARED_STS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data
 
 
 def run(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="shrink demo", description=__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="shrink demo", description=__doc__)
     parser.add_argument("--workdir", default="demo_output")
     parser.add_argument("--n", type=int, default=5000, help="sample sentences to generate")
     parser.add_argument("--epochs", type=int, default=5, help="autoencoder epochs (the real default is 100)")

@@ -40,7 +40,7 @@ PREVIOUS = "<previous run>"  # the source of records embedded by an earlier run
 
 def make_parser() -> argparse.ArgumentParser:
     """The embedding job's own flags; standard Beam pipeline options pass through."""
-    parser = argparse.ArgumentParser(prog="shrink embed", description=__doc__,
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="shrink embed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", action="append", required=True,
                         help="file pattern to read (repeatable); local or any Beam filesystem")

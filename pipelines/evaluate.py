@@ -38,7 +38,7 @@ K = 10
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shrink evaluate", description=__doc__,
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="shrink evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--embeddings", required=True, help="embedding dataset (output of `shrink embed`)")
     parser.add_argument("--reducer", action="append", required=True, help="reducer artifact (repeatable)")

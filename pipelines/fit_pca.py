@@ -48,7 +48,7 @@ TRANSFORMED_METADATA = "transformed_metadata"
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shrink fit-pca", description=__doc__,
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="shrink fit-pca", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="embedding dataset directory (shards, schema, manifest)")
     parser.add_argument("--extra_input", action="append", default=[],

@@ -43,7 +43,7 @@ DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shrink reduce", description=__doc__,
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="shrink reduce", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="embedding dataset directory (shards, schema, manifest)")

@@ -35,6 +35,7 @@ from typing import Callable
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import artifacts
+from pipelines.beam_utils import check_beam_args
 
 log = logging.getLogger(__name__)
 RUN_MANIFEST = "run_manifest.json"
@@ -43,7 +44,7 @@ MIN_DRIFT_ROWS = 20  # fewer new vectors make too few pairs for a meaningful fid
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shrink run", description=__doc__,
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="shrink run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", action="append", required=True, help="corpus file pattern (repeatable)")
     p.add_argument("--workdir", required=True, help="directory for every step's output")
@@ -299,7 +300,9 @@ class Flow:
 
 
 def run(argv: list[str] | None = None) -> dict:
-    args, beam_args = make_parser().parse_known_args(argv)
+    parser = make_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    check_beam_args(parser, beam_args)  # a typo fails now, not after hours of embedding
     if args.refit_on_drift and not args.incremental:
         raise ValueError("--refit_on_drift goes with --incremental")
     os.makedirs(args.workdir, exist_ok=True)

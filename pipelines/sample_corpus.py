@@ -83,7 +83,7 @@ def write(path: str, n: int, seed: int = 0) -> str:
 
 
 def run(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="shrink sample-corpus", description=__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="shrink sample-corpus", description=__doc__)
     parser.add_argument("--output", required=True, help="text file to write, one sentence per line")
     parser.add_argument("--n", type=int, default=10_000, help="number of distinct sentences")
     parser.add_argument("--seed", type=int, default=0)

@@ -85,3 +85,9 @@ def test_incremental_runs_extend_the_corpus_and_refit_on_drift(tmp_path):
     third = run.run(base + ["--incremental", "--refit_on_drift", "--drift_threshold", "-1"])  # always drift
     assert third["increments"][-1]["refit"] and third["vectors"] == 385
     assert {"fit-pca", "train", "evaluate", "reduce", "reduce-0001", "reduce-0002"} <= set(third["steps_run"])
+
+
+def test_run_rejects_an_unknown_flag_before_doing_any_work(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        run.run(["--input", "x.txt", "--workdir", str(tmp_path / "w"), "--epoch", "3"])
+    assert e.value.code == 2 and not (tmp_path / "w").exists()

@@ -60,7 +60,7 @@ def _sizes(value: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shrink train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="shrink train", description=__doc__.split("\n")[0])
     p.add_argument("--input", required=True, help="embedding dataset directory (output of `shrink embed`)")
     p.add_argument("--extra_input", action="append", default=[],
                    help="more embedding datasets to train on together with --input (e.g. a corpus's increments)")
