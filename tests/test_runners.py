@@ -120,3 +120,20 @@ def test_reduce_translates_for_dataflow(tmp_path, fmt):
     assert {"Read", "ReduceRecords", "WriteDeadLetters"} <= names
     assert ("WriteParquet" if fmt == "parquet" else "WriteTFRecord") in names
     _assert_no_local_paths(blob, reducer)
+
+
+def test_fit_pca_and_reduce_in_multi_processing_mode_match_in_memory(tmp_path):
+    data = tmp_path / "emb"
+    write_embedding_dataset(data, correlated_vectors(600, 512, seed=3), num_shards=3)
+    mp = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    for name, extra in (("mem", []), ("mp", mp)):
+        fit_pca.run(["--input", str(data), "--output", str(tmp_path / f"pca_{name}"), "--output_dim", "8", *extra])
+    probe = correlated_vectors(20, 512, seed=5)
+    np.testing.assert_allclose(load_reducer(str(tmp_path / "pca_mem"))(probe),
+                               load_reducer(str(tmp_path / "pca_mp"))(probe), atol=1e-5)
+    for name, extra in (("mem", []), ("mp", mp)):
+        reduce.run(["--input", str(data), "--reducer", str(tmp_path / "pca_mem"),
+                    "--output", str(tmp_path / f"red_{name}"), *extra])
+    a, b = _vectors(tmp_path / "red_mem"), _vectors(tmp_path / "red_mp")
+    assert a.keys() == b.keys() and len(a) == 600
+    assert all(np.array_equal(a[k], b[k]) for k in a)
