@@ -106,8 +106,11 @@ def test_refuses_dimension_mismatch(setup, tmp_path):
 def test_refuses_missing_or_corrupt_artifact(setup, tmp_path):
     root, _, fitted = setup
     args = ["--input", str(root / "emb"), "--output", str(tmp_path / "out")]
-    with pytest.raises(ArtifactError, match="no manifest.json"):
+    with pytest.raises(ArtifactError, match="does not exist"):
         reduce_job.run([*args, "--reducer", str(tmp_path / "nothing")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        reduce_job.run([*args, "--reducer", str(tmp_path / "empty")])
     art = tmp_path / "art"
     write_linear_reducer(art, fitted["mean"], fitted["components"])
     (art / "head" / "saved_model.pb").write_bytes(b"garbage")
