@@ -188,3 +188,13 @@ def test_reduce_job_with_an_autoencoder_artifact(dataset, tmp_path):
     model = keras.models.load_model(str(out / export.KERAS_MODEL_FILE), safe_mode=True)
     want = keras.ops.convert_to_numpy(model.encode(np.stack([source[i] for i in ids])))
     np.testing.assert_allclose(np.stack([rows[i] for i in ids]), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["mirrored", "multiworker"])
+def test_distribution_strategies_train_and_export(dataset, tmp_path, strategy, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)  # multiworker without a cluster: a one-worker cluster
+    out = tmp_path / strategy
+    manifest = task.train(_args(dataset, out, "--epochs", "1", "--strategy", strategy))
+    assert manifest["epochs_run"] == 1 and manifest["output_dim"] == 8
+    codes = load_reducer(str(out))(correlated_vectors(5, DIM, seed=9, rank=4))
+    np.testing.assert_allclose(np.linalg.norm(codes, axis=1), 1.0, rtol=1e-5)
