@@ -20,7 +20,7 @@ import time
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.tfrecordio import ReadFromTFRecord, WriteToTFRecord
+from apache_beam.io.tfrecordio import ReadFromTFRecord
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
@@ -169,6 +169,17 @@ class _CheckVector(beam.DoFn):
             yield id_, text, vector
 
 
+class _EncodeBatch(beam.DoFn):
+    """A batch of ``(id, sentence, vector)`` -> their serialized records, in one C++ call."""
+
+    def setup(self):
+        self.encoder = records.BatchEncoder()
+
+    def process(self, batch):
+        ids, texts, vectors = zip(*batch)
+        yield self.encoder.encode(list(ids), np.stack(vectors), list(texts))
+
+
 class EmbedSentences(beam.PTransform):
     """``(id, sentence)`` -> ``{'vectors': (id, sentence, float32 vector), 'dead': json line}``."""
 
@@ -200,9 +211,10 @@ def build(p: beam.Pipeline, opts: argparse.Namespace, handler: EncoderModelHandl
     deduped = corpus["records"] | "Deduplicate" >> Deduplicate(previous)
     embedded = deduped.unique | "Embed" >> EmbedSentences(handler, opts.embedding_dim)
     _ = (embedded["vectors"]
-         | "ToExample" >> beam.MapTuple(lambda id_, text, vec: records.encode_example(id_, vec, text))
-         | "WriteShards" >> WriteToTFRecord(artifacts.join(opts.output, DATA_PREFIX),
-                                            file_name_suffix=".tfrecord", num_shards=opts.num_shards))
+         | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=1024)
+         | "ToExamples" >> beam.ParDo(_EncodeBatch())
+         | "WriteShards" >> records.write_tfrecord_batches(artifacts.join(opts.output, DATA_PREFIX),
+                                                           opts.num_shards))
     _ = ((corpus[DEAD], deduped[DEAD], embedded[DEAD])
          | "AllDeadLetters" >> beam.Flatten()
          | "WriteDeadLetters" >> beam.io.WriteToText(

@@ -22,10 +22,8 @@ import numpy as np
 import pyarrow as pa
 import tensorflow as tf
 from apache_beam.io.parquetio import WriteToParquetBatched
-from apache_beam.io import filebasedsink
-from apache_beam.io.tfrecordio import ReadFromTFRecord, _TFRecordUtil
+from apache_beam.io.tfrecordio import ReadFromTFRecord
 from apache_beam.metrics import Metrics
-from tfx_bsl.coders import example_coder
 
 from pipelines import artifacts, records, reducers
 from pipelines import deadletter as dl
@@ -92,7 +90,7 @@ class ReduceBatch(beam.DoFn):
         self.reducer = reducers.load_reducer(self.reducer_path)
         self.spec = records.feature_spec(self.input_dim, self.with_text)
         self.schema = parquet_schema(self.reducer.output_dim, self.dtype, self.keep_text)
-        self.encoder = example_coder.RecordBatchToExamplesEncoder()
+        self.encoder = records.BatchEncoder()
         self.read = Metrics.counter(NAMESPACE, "read")
         self.written = Metrics.counter(NAMESPACE, "written")
         self.dead = Metrics.counter(NAMESPACE, "dead_letter")
@@ -165,40 +163,7 @@ class ReduceBatch(beam.DoFn):
             columns[records.EMBEDDING] = pa.FixedSizeListArray.from_arrays(flat, self.reducer.output_dim)
             yield pa.Table.from_pydict(columns, schema=self.schema)
         else:
-            yield self.encoder.encode(self._record_batch(ids, texts, reduced))
-
-    def _record_batch(self, ids: list[str], texts: list[str], reduced: np.ndarray) -> pa.RecordBatch:
-        """The rows as the Arrow layout tfx_bsl encodes to tf.Examples (same bytes as records.encode_example)."""
-        def singletons(values: list[str]) -> pa.Array:
-            return pa.array([[v.encode("utf-8")] for v in values], pa.large_list(pa.large_binary()))
-
-        k = reduced.shape[1]
-        offsets = np.arange(0, len(ids) * k + 1, k, dtype=np.int64)
-        columns = {records.ID: singletons(ids)}
-        if self.keep_text:
-            columns[records.TEXT] = singletons(texts)
-        columns[records.EMBEDDING] = pa.LargeListArray.from_arrays(
-            offsets, pa.array(reduced.astype(np.float32).reshape(-1)))
-        return pa.RecordBatch.from_pydict(columns)
-
-
-class _TFRecordBatchSink(filebasedsink.FileBasedSink):
-    """TFRecord files written a list of records at a time.
-
-    ``WriteToTFRecord`` takes one element per record; handing it whole
-    batches instead measured about a third faster for the whole job
-    (benchmarks/bench_pca_reduce.py). Same framing: Beam's TFRecord writer.
-    """
-
-    def write_record(self, file_handle, value):
-        for record in value:
-            _TFRecordUtil.write_record(file_handle, record)
-
-
-def write_tfrecord_batches(prefix: str, num_shards: int) -> beam.PTransform:
-    return beam.io.Write(_TFRecordBatchSink(prefix, coder=None, file_name_suffix=".tfrecord",
-                                            num_shards=num_shards))
-
+            yield self.encoder.encode(ids, reduced, texts if self.keep_text else None)
 
 class ReduceRecords(beam.PTransform):
     """Serialized embedding records -> ``{'rows': output elements, 'dead': JSON lines}``."""
@@ -284,7 +249,7 @@ def build(p: beam.Pipeline, opts: argparse.Namespace, fn: ReduceBatch, output_di
             prefix, schema=parquet_schema(output_dim, opts.dtype, keep_text),
             file_name_suffix=".parquet", num_shards=opts.num_shards)
     else:
-        _ = reduced["rows"] | "WriteTFRecord" >> write_tfrecord_batches(prefix, opts.num_shards)
+        _ = reduced["rows"] | "WriteTFRecord" >> records.write_tfrecord_batches(prefix, opts.num_shards)
     _ = ((reduced[DEAD], *dead)
          | "AllDeadLetters" >> beam.Flatten()
          | "WriteDeadLetters" >> beam.io.WriteToText(
