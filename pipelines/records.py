@@ -38,9 +38,24 @@ def feature_spec(dim: int, with_text: bool = True) -> dict:
 
 
 def make_schema(dim: int, with_text: bool = True) -> schema_pb2.Schema:
-    from tensorflow_transform.tf_metadata import schema_utils
+    """The schema of ``feature_spec(dim, with_text)``, built from protos alone.
 
-    return schema_utils.schema_from_feature_spec(feature_spec(dim, with_text))
+    Same message as tf.Transform's ``schema_from_feature_spec`` (a test checks
+    it), without importing TensorFlow: the embed driver then never pays ~5 s
+    for a TensorFlow import just to write this file.
+    """
+    schema = schema_pb2.Schema()
+    names = [EMBEDDING, ID] + ([TEXT] if with_text else [])
+    for name in names:  # sorted by name, as tf.Transform writes them
+        feature = schema.feature.add(name=name)
+        feature.presence.min_fraction = 1.0
+        if name == EMBEDDING:
+            feature.type = schema_pb2.FLOAT
+            feature.shape.dim.add(size=dim)
+        else:
+            feature.type = schema_pb2.BYTES
+            feature.shape.SetInParent()
+    return schema
 
 
 def write_schema(schema: schema_pb2.Schema, directory: str) -> str:
@@ -59,13 +74,13 @@ def read_schema(directory: str) -> schema_pb2.Schema:
 
 
 def schema_dim(schema: schema_pb2.Schema) -> int:
-    """Length of the ``embedding`` feature declared by ``schema``."""
-    from tensorflow_transform.tf_metadata import schema_utils
-
-    spec = schema_utils.schema_as_feature_spec(schema).feature_spec
-    if EMBEDDING not in spec:
-        raise ValueError("schema has no 'embedding' feature")
-    return int(spec[EMBEDDING].shape[0])
+    """Length of the fixed-length float ``embedding`` feature declared by ``schema``."""
+    for feature in schema.feature:
+        if feature.name == EMBEDDING:
+            if feature.type != schema_pb2.FLOAT or len(feature.shape.dim) != 1:
+                raise ValueError(f"schema's 'embedding' is not a fixed-length float vector: {feature}")
+            return int(feature.shape.dim[0].size)
+    raise ValueError("schema has no 'embedding' feature")
 
 
 def encode_example(id_: str | bytes, vector: np.ndarray, text: str | bytes | None = None) -> bytes:

@@ -45,3 +45,28 @@ def test_prepare_output_refuses_another_run_and_clears_leftovers(tmp_path):
 def test_fingerprint_is_stable_and_order_independent():
     assert artifacts.fingerprint({"a": 1, "b": [1, 2]}) == artifacts.fingerprint({"b": [1, 2], "a": 1})
     assert artifacts.fingerprint({"a": 1}) != artifacts.fingerprint({"a": 2})
+
+
+@pytest.mark.parametrize("with_text", [True, False])
+def test_schema_is_the_one_tf_transform_derives_from_the_feature_spec(with_text):
+    from tensorflow_transform.tf_metadata import schema_utils
+
+    from pipelines import records
+
+    ours = records.make_schema(300, with_text)
+    assert ours == schema_utils.schema_from_feature_spec(records.feature_spec(300, with_text))
+    assert records.schema_dim(ours) == 300
+
+
+def test_schema_dim_refuses_a_schema_without_a_fixed_embedding():
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    from pipelines import records
+
+    schema = schema_pb2.Schema()
+    schema.feature.add(name="id", type=schema_pb2.BYTES)
+    with pytest.raises(ValueError, match="no 'embedding'"):
+        records.schema_dim(schema)
+    schema.feature.add(name="embedding", type=schema_pb2.BYTES)
+    with pytest.raises(ValueError, match="not a fixed-length float"):
+        records.schema_dim(schema)
