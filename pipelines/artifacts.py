@@ -1,9 +1,12 @@
-"""Run manifests and output-directory hygiene shared by every job.
+"""Run manifests, output-directory hygiene and file access shared by every job.
 
 A job's output directory is complete only when its ``manifest.json`` exists:
 the manifest is written last, after every shard has been committed, so a
 crashed run never looks finished and a reader never takes a partial output
 for a complete one.
+
+Every path a job writes may be local or a URL (gs://, s3://, ...): files are
+reached only through Beam's FileSystems, here, never with ``open``/``os.path``.
 """
 from __future__ import annotations
 
@@ -11,8 +14,10 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import os
 import platform
 from importlib import metadata
+from typing import BinaryIO
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -64,8 +69,7 @@ def read_manifest(directory: str, kind: str | tuple[str, ...] | None = None) -> 
     if not FileSystems.exists(path):
         raise ArtifactError(f"{directory} has no {MANIFEST}: missing, incomplete or not an artifact of this tool")
     try:
-        with FileSystems.open(path) as f:
-            manifest = json.loads(f.read().decode("utf-8"))
+        manifest = json.loads(read_text(path))
     except (ValueError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{path} is corrupt: {e}") from e
     if not isinstance(manifest, dict) or "kind" not in manifest:
@@ -111,3 +115,49 @@ def list_files(pattern: str) -> list[str]:
 
 def join(directory: str, *parts: str) -> str:
     return FileSystems.join(directory, *parts)
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute; a URL (``scheme://``) already is, and ``os.path`` would mangle it."""
+    return path if "://" in path else os.path.abspath(path)
+
+
+def exists(path: str) -> bool:
+    return FileSystems.exists(path)
+
+
+def makedirs(directory: str) -> None:
+    """Create ``directory`` unless it exists (object stores have no directories: nothing to do there)."""
+    if not FileSystems.exists(directory):
+        FileSystems.mkdirs(directory)
+
+
+def create(path: str) -> BinaryIO:
+    """A binary file opened for writing, on any filesystem (parent directories are made where they exist)."""
+    return FileSystems.create(path)
+
+
+def read_text(path: str) -> str:
+    with FileSystems.open(path) as f:
+        return f.read().decode("utf-8")
+
+
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` aside, then rename it over ``path``: a crash never leaves half a file."""
+    tmp = path + ".tmp"
+    with FileSystems.create(tmp) as f:
+        f.write(text.encode("utf-8"))
+    FileSystems.rename([tmp], [path])
+
+
+def delete_tree(directory: str) -> None:
+    """Delete ``directory`` and everything below it, if there.
+
+    Object stores have no directories, only files under a prefix: those are
+    deleted one by one; the directory itself goes too where there is one.
+    """
+    files = list_files(join(directory, "**"))
+    if files:
+        FileSystems.delete(files)
+    if FileSystems.exists(directory):
+        FileSystems.delete([directory])

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -42,7 +41,7 @@ def make_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--embeddings", required=True, help="embedding dataset (output of `shrink embed`)")
     parser.add_argument("--reducer", action="append", required=True, help="reducer artifact (repeatable)")
-    parser.add_argument("--output", required=True, help="report directory")
+    parser.add_argument("--output", required=True, help="report directory (local or a URL, e.g. gs://...)")
     parser.add_argument("--sts_dir", help="directory with sts-{train,dev,test}.csv; default: the cached "
                                           "archive, downloaded once when there is a network")
     parser.add_argument("--no_download", action="store_true", help="never download the STS benchmark")
@@ -200,7 +199,7 @@ def run(argv: list[str] | None = None) -> dict:
     for r in reducers:
         check_input_dim(r, dim, args.embeddings)
     names = reducer_names(reducers)
-    os.makedirs(args.output, exist_ok=True)
+    artifacts.makedirs(args.output)
     encoder = load_encoder(source_manifest["encoder"], args.encoder_threads or worker_threads(1))
 
     report: dict = {"embeddings": args.embeddings, "encoder": source_manifest["encoder"], "input_dim": dim,
@@ -234,8 +233,8 @@ def run(argv: list[str] | None = None) -> dict:
     if report["best_reducer"]:
         report["best_reducer_path"] = reducers[names.index(report["best_reducer"])].path
     report["figures"] = report_io.write_figures(report, cosines, args.output)
-    Path(args.output, "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
-    Path(args.output, "report.md").write_text(report_io.markdown(report))
+    artifacts.write_text(artifacts.join(args.output, "report.json"), json.dumps(report, indent=2, sort_keys=True))
+    artifacts.write_text(artifacts.join(args.output, "report.md"), report_io.markdown(report))
     log.info("report written to %s (best reducer: %s)", args.output, report["best_reducer"])
     return report
 

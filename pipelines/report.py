@@ -5,6 +5,8 @@ import os
 
 import numpy as np
 
+from pipelines import artifacts
+
 RAW = "raw"
 
 
@@ -107,9 +109,7 @@ def write_figures(report: dict, cosines: dict[str, np.ndarray] | None, out_dir: 
             ax.plot([lo, 1], [lo, 1], color="grey", lw=0.8)
             r = report["sts"]["representations"][name]["fidelity"]["pearson"]
             ax.set(title=f"{name} (Pearson {r:.3f})", xlabel="raw 512-d cosine", ylabel="reduced cosine")
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "sts_scatter.png"), dpi=110)
-        plt.close(fig)
+        _save(fig, artifacts.join(out_dir, "sts_scatter.png"))
         written.append("sts_scatter.png")
 
     bars: dict[str, list[float]] = {}
@@ -132,8 +132,16 @@ def write_figures(report: dict, cosines: dict[str, np.ndarray] | None, out_dir: 
         ax.set_xticks(x + width * (len(names) - 1) / 2, list(bars), rotation=15, ha="right")
         ax.set_ylim(0, 1.05)
         ax.legend(loc="lower right")
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "metrics.png"), dpi=110)
-        plt.close(fig)
+        _save(fig, artifacts.join(out_dir, "metrics.png"))
         written.append("metrics.png")
     return written
+
+
+def _save(fig, path: str) -> None:
+    """Write ``fig`` as a PNG through a file object, so ``path`` may be a URL (matplotlib only writes local files)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with artifacts.create(path) as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)

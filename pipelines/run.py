@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -47,7 +45,8 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(allow_abbrev=False, prog="shrink run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", action="append", required=True, help="corpus file pattern (repeatable)")
-    p.add_argument("--workdir", required=True, help="directory for every step's output")
+    p.add_argument("--workdir", required=True,
+                   help="directory for every step's output: local, or any URL Beam and TensorFlow reach (gs://...)")
     p.add_argument("--input_format", default="auto")
     p.add_argument("--text_field")
     p.add_argument("--id_field")
@@ -86,8 +85,7 @@ class Step:
 
 def output_identity(directory: str, done_file: str = artifacts.MANIFEST) -> dict:
     """What a downstream step depends on: the upstream manifest's fingerprint and creation time."""
-    with FileSystems.open(FileSystems.join(directory, done_file)) as f:
-        body = json.loads(f.read().decode("utf-8"))
+    body = json.loads(artifacts.read_text(artifacts.join(directory, done_file)))
     return {"fingerprint": body.get("fingerprint"), "created_utc": body.get("created_utc")}
 
 
@@ -103,18 +101,17 @@ class RunState:
     """``run_manifest.json``: every finished step's key and outcome, and the corpus's increments."""
 
     def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, RUN_MANIFEST)
+        self.path = artifacts.join(workdir, RUN_MANIFEST)
         self.steps: dict = {}
         self.increments: list[dict] = []
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                body = json.load(f)
+        if artifacts.exists(self.path):
+            body = json.loads(artifacts.read_text(self.path))
             self.steps, self.increments = body.get("steps", {}), body.get("increments", [])
 
     def is_done(self, step: Step) -> bool:
         record = self.steps.get(step.name)
         return (record is not None and record["key"] == artifacts.fingerprint(step.key)
-                and FileSystems.exists(FileSystems.join(step.output, step.done_file)))
+                and artifacts.exists(artifacts.join(step.output, step.done_file)))
 
     def record(self, step: Step, seconds: float) -> None:
         self.steps[step.name] = {"key": artifacts.fingerprint(step.key), "output": step.output,
@@ -123,10 +120,8 @@ class RunState:
         self.save()
 
     def save(self) -> None:
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"steps": self.steps, "increments": self.increments}, f, indent=2, sort_keys=True)
-        os.replace(tmp, self.path)  # atomic: a crash never leaves a half-written state
+        artifacts.write_text(self.path, json.dumps({"steps": self.steps, "increments": self.increments},
+                                                   indent=2, sort_keys=True))
 
 
 class Flow:
@@ -138,7 +133,7 @@ class Flow:
         self.ran: list[str] = []
 
     def path(self, *parts: str) -> str:
-        return os.path.join(self.args.workdir, *parts)
+        return artifacts.join(self.args.workdir, *parts)
 
     def execute(self, step: Step) -> bool:
         """Run ``step`` unless it is done; True if it ran."""
@@ -199,8 +194,7 @@ class Flow:
                           lambda: evaluate.run(eval_argv), done_file="report.json"))
         if a.reducer != "best":
             return self.path(a.reducer if a.reducer == "pca" else "autoencoder")
-        with open(self.path("report", "report.json")) as f:
-            chosen = json.load(f).get("best_reducer_path")
+        chosen = json.loads(artifacts.read_text(self.path("report", "report.json"))).get("best_reducer_path")
         if not chosen:
             raise RuntimeError("no reducer could be chosen: the report has neither STS nor corpus retrieval "
                                "results; pass --reducer pca or --reducer autoencoder")
@@ -227,7 +221,7 @@ class Flow:
         if self.embed("embed", self.path("embeddings")) and self.state.increments:
             # The corpus was embedded again from scratch: it now holds what the increments held.
             for inc in self.state.increments:
-                shutil.rmtree(os.path.dirname(inc["embeddings"]), ignore_errors=True)
+                artifacts.delete_tree(self.path("increments", inc["name"]))
             self.state.increments = []
             self.state.save()
         reducer = self.fit_and_evaluate()
@@ -242,22 +236,21 @@ class Flow:
             raise RuntimeError(f"{self.args.workdir} holds no finished run to extend; run without --incremental first")
         name = f"{len(self.state.increments) + 1:04d}"
         inc_dir = self.path("increments", name)
-        self.embed(f"embed-{name}", os.path.join(inc_dir, "embeddings"), self.datasets())
-        manifest = artifacts.read_manifest(os.path.join(inc_dir, "embeddings"), "embeddings")
+        self.embed(f"embed-{name}", artifacts.join(inc_dir, "embeddings"), self.datasets())
+        manifest = artifacts.read_manifest(artifacts.join(inc_dir, "embeddings"), "embeddings")
         counts = manifest["counts"]
         current = self.state.steps["reduce"]["reducer"]
-        record = {"name": name, "embeddings": os.path.join(inc_dir, "embeddings"),
-                  "reduced": os.path.join(inc_dir, "reduced"), "counts": counts, "drift": None, "refit": False}
+        record = {"name": name, "embeddings": artifacts.join(inc_dir, "embeddings"),
+                  "reduced": artifacts.join(inc_dir, "reduced"), "counts": counts, "drift": None, "refit": False}
         if counts["embedded"] == 0:
             log.info("no new sentences: nothing to add")
-            shutil.rmtree(inc_dir, ignore_errors=True)
+            artifacts.delete_tree(inc_dir)
             return self.summary(current, new=0)
         new, _ = evaluate.load_sample(record["embeddings"], DRIFT_SAMPLE, 0)
         if len(new) >= MIN_DRIFT_ROWS:
             reference, _ = evaluate.load_sample(self.path("embeddings"), DRIFT_SAMPLE, 0)
             record["drift"] = drift.check(load_reducer(current), reference, new, self.args.drift_threshold)
-            with open(os.path.join(inc_dir, "drift.json"), "w") as f:
-                json.dump(record["drift"], f, indent=2)
+            artifacts.write_text(artifacts.join(inc_dir, "drift.json"), json.dumps(record["drift"], indent=2))
         self.state.increments.append(record)
         self.state.save()
         d = record["drift"]
@@ -305,7 +298,7 @@ def run(argv: list[str] | None = None) -> dict:
     check_beam_args(parser, beam_args)  # a typo fails now, not after hours of embedding
     if args.refit_on_drift and not args.incremental:
         raise ValueError("--refit_on_drift goes with --incremental")
-    os.makedirs(args.workdir, exist_ok=True)
+    artifacts.makedirs(args.workdir)
     flow = Flow(args, beam_args)
     return flow.increment() if args.incremental else flow.full()
 

@@ -139,6 +139,20 @@ def prepare(output: str, params: dict, overwrite: bool) -> None:
         json.dump({"fingerprint": fp, "params": params}, f, indent=2, sort_keys=True)
 
 
+class CSVLogger(keras.callbacks.CSVLogger):
+    """Keras's CSVLogger, able to end on a URL (gs://...).
+
+    There it writes through a tf.io.gfile GFile, which lacks the ``closed``
+    attribute Keras 3 asks for at the end of training (AttributeError).
+    """
+
+    def on_train_end(self, logs=None):
+        if self.csv_file is not None:
+            self.csv_file.close()
+            self.csv_file = None
+        self.writer = None
+
+
 def make_callbacks(args: argparse.Namespace, train_dir: str, has_val: bool) -> list:
     monitor = "val_loss" if has_val else "loss"
     cbs = [
@@ -146,7 +160,7 @@ def make_callbacks(args: argparse.Namespace, train_dir: str, has_val: bool) -> l
         keras.callbacks.ModelCheckpoint(os.path.join(train_dir, "checkpoints", "last.keras")),
         keras.callbacks.ModelCheckpoint(os.path.join(train_dir, "checkpoints", "best.keras"),
                                         monitor=monitor, save_best_only=True),
-        keras.callbacks.CSVLogger(os.path.join(train_dir, "history.csv"), append=True),
+        CSVLogger(os.path.join(train_dir, "history.csv"), append=True),
     ]
     if args.tensorboard:
         if importlib.util.find_spec("tensorboard") is None:
@@ -172,9 +186,9 @@ def train(args: argparse.Namespace, extra_callbacks: list | None = None) -> dict
         raise ValueError("--output is required (or set AIP_MODEL_DIR)")
     source = data.open_sources([args.input, *args.extra_input])
     params = {k: getattr(args, k) for k in _MODEL_FLAGS}
-    params.update(input=os.path.abspath(args.input), source_fingerprint=source.manifest.get("fingerprint"))
+    params.update(input=artifacts.absolute(args.input), source_fingerprint=source.manifest.get("fingerprint"))
     if args.extra_input:  # absent from single-input params, so their fingerprints are unchanged
-        params["extra_input"] = [[os.path.abspath(d), artifacts.read_manifest(d).get("fingerprint")]
+        params["extra_input"] = [[artifacts.absolute(d), artifacts.read_manifest(d).get("fingerprint")]
                                  for d in args.extra_input]
     prepare(args.output, params, args.overwrite)
     train_dir = os.path.join(args.output, "train")

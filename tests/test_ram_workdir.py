@@ -1,0 +1,83 @@
+"""``run``, ``evaluate`` and ``train`` on a work directory that is not a local path.
+
+``ram://`` (tests/ramfs.py) stands in for gs:// or s3://: Beam and tf.io.gfile
+reach it, plain ``open``/``os.path``/``shutil`` do not. A leak would either fail
+or write into the current directory under a literal ``ram:`` folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import tensorflow as tf
+
+import tests.ramfs  # noqa: F401 - registers ram:// with Beam
+from pipelines import artifacts, evaluate, records, run, sample_corpus
+from tests.hub_models import save_text_encoder
+
+gfile = tf.io.gfile
+
+
+@pytest.fixture
+def in_tmp_cwd(tmp_path, monkeypatch):
+    """Run in an empty current directory, so that a leaked local ``ram:`` folder lands there."""
+    monkeypatch.chdir(tmp_path)
+    yield
+    assert not os.path.exists("ram:"), "a ram:// path was written with local file operations"
+
+
+def test_artifact_helpers_on_ram(tmp_path, in_tmp_cwd):
+    root = f"ram://{tmp_path.name}/helpers"
+    artifacts.makedirs(artifacts.join(root, "a"))
+    artifacts.makedirs(artifacts.join(root, "a"))  # exists already: fine
+    artifacts.write_text(artifacts.join(root, "a", "b", "x.json"), "{}")
+    assert artifacts.read_text(artifacts.join(root, "a", "b", "x.json")) == "{}"
+    assert artifacts.list_files(artifacts.join(root, "a", "b", "*")) == [artifacts.join(root, "a", "b", "x.json")]
+    artifacts.delete_tree(artifacts.join(root, "a"))
+    artifacts.delete_tree(artifacts.join(root, "a"))  # gone already: fine
+    assert not artifacts.exists(artifacts.join(root, "a"))
+    assert artifacts.absolute("gs://bucket/x") == "gs://bucket/x"
+    assert artifacts.absolute("x") == os.path.join(str(tmp_path), "x")
+
+
+def test_run_and_evaluate_with_a_ram_workdir(tmp_path, shared_data, in_tmp_cwd):
+    sentences = sample_corpus.generate(340, seed=3)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(sentences[:300]) + "\n")
+    hub = save_text_encoder(str(tmp_path / "hub"), 512)
+    sts = str(shared_data / "stsbenchmark")
+    work = f"ram://{tmp_path.name}/work"
+    argv = ["--input", str(corpus), "--workdir", work, "--encoder", f"tfhub:{hub}", "--epochs", "2",
+            "--queries", "30", "--sts_dir", sts, "--train_arg=--batch_size=32"]
+    first = run.run(argv)
+    assert first["steps_run"] == ["embed", "fit-pca", "train", "evaluate", "reduce"]
+
+    for name in ("run_manifest.json", "report/report.json", "report/report.md", "report/sts_scatter.png",
+                 "report/metrics.png", "pca/manifest.json", "autoencoder/manifest.json", "autoencoder/model.keras",
+                 "autoencoder/head/saved_model.pb", "autoencoder/train/history.csv", "reduced/manifest.json"):
+        assert gfile.exists(f"{work}/{name}"), name
+    report = json.loads(gfile.GFile(f"{work}/report/report.json").read())
+    assert report["best_reducer_path"] == first["reducer"] and first["reducer"].startswith(work)
+    reduced = records.read_examples(f"{work}/reduced/data-*")
+    assert len(reduced) == 300 and reduced[0]["embedding"].shape == (128,)
+    trained = json.loads(gfile.GFile(f"{work}/autoencoder/manifest.json").read())
+    assert trained["source"]["directory"] == f"{work}/embeddings"  # a URL is not made "absolute" locally
+
+    assert run.run(argv)["steps_run"] == []  # nothing changed: every step skipped
+    assert run.run(argv + ["--format", "parquet"])["steps_run"] == ["reduce"]
+    assert gfile.glob(f"{work}/reduced/*.parquet")
+
+    corpus.write_text("\n".join(sentences) + "\n")  # the corpus grew by 40 sentences
+    grown = run.run(argv + ["--format", "parquet", "--incremental"])
+    assert grown["steps_run"] == ["embed-0001", "reduce-0001"] and grown["new_vectors"] == 40
+    assert gfile.exists(f"{work}/increments/0001/drift.json")
+    assert run.run(argv + ["--format", "parquet", "--incremental"])["new_vectors"] == 0
+    assert not gfile.exists(f"{work}/increments/0002")  # the empty increment was deleted
+
+    out = f"{work}/evaluate-pca"  # `shrink evaluate` alone, from ram:// to ram://
+    alone = evaluate.run(["--embeddings", f"{work}/embeddings", "--reducer", f"{work}/pca", "--output", out,
+                          "--queries", "20", "--sts_dir", sts])
+    assert alone["figures"] == ["sts_scatter.png", "metrics.png"]
+    for name in ("report.json", "report.md", *alone["figures"]):
+        assert gfile.stat(f"{out}/{name}").length > 0, name
