@@ -65,6 +65,13 @@ CONFIGS = {
     "cosine + sim 30, lr 1e-3": {"loss": "cosine", "similarity_weight": 30.0, "lr": 1e-3},
     "cosine + sim 10, lr 1e-3, neighbour batches": {"loss": "cosine", "similarity_weight": 10.0, "lr": 1e-3,
                                                     "neighbour_batches": True},
+    # the ranking term needs many rows per batch to hold near neighbours: batch 1024 (30 epochs ~ 2,900 steps)
+    "cosine + sim 10 + rank 1, lr 1e-3, untied, batch 1024 x 30 epochs": {
+        "loss": "cosine", "similarity_weight": 10.0, "rank_weight": 1.0, "lr": 1e-3, "tied": False,
+        "batch_size": 1024, "epochs": 30},
+    "cosine + sim 10 + rank 1, lr 1e-3, batch 1024 x 30 epochs": {
+        "loss": "cosine", "similarity_weight": 10.0, "rank_weight": 1.0, "lr": 1e-3, "batch_size": 1024,
+        "epochs": 30},
     "64-d seed": {"sizes": [256, 64]},
     "64-d cosine + sim 10, lr 1e-3": {"sizes": [256, 64], "loss": "cosine", "similarity_weight": 10.0,
                                       "lr": 1e-3},
@@ -147,14 +154,16 @@ def model_path(x: np.ndarray, cfg: dict, epochs: int, batch_size: int, seed: int
 def train_autoencoder(x: np.ndarray, cfg: dict, epochs: int, batch_size: int, seed: int = 0):
     """(reduce function, final training loss, training seconds).
 
-    A model trained before with equal settings is reloaded from the cache (with its recorded loss and time).
+    ``cfg`` may override ``epochs`` and ``batch_size``. A model trained before with equal settings is
+    reloaded from the cache (with its recorded loss and time).
     """
+    epochs, batch_size = cfg.get("epochs", epochs), cfg.get("batch_size", batch_size)
     path = model_path(x, cfg, epochs, batch_size, seed)
     if path.exists():
         info = json.loads(path.with_suffix(".json").read_text())
         return _encoder(keras.saving.load_model(path)), info["final_loss"], info["fit_s"]
     keras.utils.set_random_seed(seed)
-    model_cfg = {k: v for k, v in cfg.items() if k not in ("lr", "neighbour_batches")}
+    model_cfg = {k: v for k, v in cfg.items() if k not in ("lr", "neighbour_batches", "epochs", "batch_size")}
     model = build_autoencoder(x.shape[1], **model_cfg)
     model.compile(optimizer=keras.optimizers.Adam(cfg["lr"]))
     start = time.perf_counter()

@@ -21,7 +21,8 @@ def run(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="shrink demo", description=__doc__)
     parser.add_argument("--workdir", default="demo_output")
     parser.add_argument("--n", type=int, default=5000, help="sample sentences to generate")
-    parser.add_argument("--epochs", type=int, default=5, help="autoencoder epochs (the real default is 100)")
+    parser.add_argument("--epochs", type=int, default=30,
+                        help="autoencoder epochs, a few seconds each here (the real default is 100)")
     args, rest = parser.parse_known_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
     corpus = os.path.join(args.workdir, f"sample_corpus_{args.n}.txt")

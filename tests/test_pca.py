@@ -112,6 +112,21 @@ def test_centering_changes_the_projection(dataset, centered, uncentered):
     assert not np.allclose(np.abs(a), np.abs(b), atol=1e-3)
 
 
+def test_query_input_is_fitted_on_with_its_share(dataset, tmp_path):
+    queries = correlated_vectors(20, DIM, seed=5) + 3.0  # another population: the mean must move toward it
+    write_embedding_dataset(tmp_path / "queries", queries, num_shards=1)
+    manifest = _fit(dataset[0], tmp_path / "pca", "--query_input", str(tmp_path / "queries"),
+                    "--query_share", "0.25")
+    repeat = fit_pca.query_repeats(0.25, ROWS, 20)
+    assert repeat == 5 and manifest["rows_analyzed"] == ROWS + 20 * repeat  # 1/3 * 300 / 20 = 5
+    ref = pca_math.fit(np.concatenate([dataset[1], np.repeat(queries, repeat, axis=0)]), K)
+    got = _components(tmp_path / "pca")
+    np.testing.assert_allclose(got[pca_transform.MEAN], ref["mean"], atol=1e-5)
+    assert np.all(np.abs(np.sum(got[pca_transform.MATRIX] * ref["components"], axis=0)) > 0.999)
+    with pytest.raises(ValueError, match="query_share"):
+        _fit(dataset[0], tmp_path / "bad", "--query_input", str(tmp_path / "queries"), "--query_share", "1")
+
+
 def test_sampling_is_reproducible_by_seed(dataset, tmp_path):
     first = _fit(dataset[0], tmp_path / "a", "--sample_fraction", "0.5", "--seed", "3")
     second = _fit(dataset[0], tmp_path / "b", "--sample_fraction", "0.5", "--seed", "3")

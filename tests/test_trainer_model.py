@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from tests.hub_models import save_text_encoder
 from trainer import export
-from trainer.model import DenseTied, build_autoencoder, reconstruction_loss, similarity_loss
+from trainer.model import DenseTied, build_autoencoder, rank_loss, reconstruction_loss, similarity_loss
 
 DIM = 24
 
@@ -64,7 +64,8 @@ def test_bottleneck_codes_have_unit_norm_only_when_normalized():
 
 
 def test_save_load_round_trip_in_safe_mode_gives_identical_codes(tmp_path):
-    model = build_autoencoder(DIM, sizes=[12, 6], loss="cosine", similarity_weight=0.5)
+    model = build_autoencoder(DIM, sizes=[12, 6], loss="cosine", similarity_weight=0.5, rank_weight=2.0,
+                              rank_temperature=0.1)
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     x = _x()
     model.fit(x, epochs=1, batch_size=16, verbose=0)  # weights differ from any fresh init
@@ -91,13 +92,39 @@ def test_losses():
         reconstruction_loss(x, x, "l1")
 
 
+def test_rank_loss_against_numpy_and_its_invariances():
+    x, codes = _x(8), _x(8, seed=3)[:, :5]
+
+    def softmax_rows(s):
+        e = np.exp(s - s.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def cosines(v):
+        u = v / np.linalg.norm(v, axis=1, keepdims=True)
+        s = (u @ u.T) / 0.1
+        np.fill_diagonal(s, -np.inf)  # a row is not its own neighbour
+        return s
+
+    p, q = softmax_rows(cosines(x)), softmax_rows(cosines(codes))
+    off = ~np.eye(8, dtype=bool)
+    want = np.mean(np.sum(np.where(off, p * (np.log(np.where(off, p, 1)) - np.log(np.where(off, q, 1))), 0), 1))
+    assert float(rank_loss(x, codes, 0.1)) == pytest.approx(want, rel=1e-4)
+    # zero when the geometry is kept (scale and rotation do not matter), positive otherwise
+    q_rot, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(DIM, DIM)))
+    assert float(rank_loss(x, 3.0 * x @ q_rot.astype(np.float32))) == pytest.approx(0.0, abs=1e-5)
+    assert float(rank_loss(x, codes)) > 1e-2
+
+
 def test_similarity_term_changes_the_loss():
     x = _x()
     plain = build_autoencoder(DIM, sizes=[12, 6])
     weighted = build_autoencoder(DIM, sizes=[12, 6], similarity_weight=1.0)
+    ranked = build_autoencoder(DIM, sizes=[12, 6], rank_weight=1.0)
     weighted.set_weights(plain.get_weights())
+    ranked.set_weights(plain.get_weights())
     y = plain(x)
     assert float(weighted.compute_loss(x, None, y)) > float(plain.compute_loss(x, None, y))
+    assert float(ranked.compute_loss(x, None, y)) > float(plain.compute_loss(x, None, y))
 
 
 def test_dense_tied_without_partner_fails_clearly():

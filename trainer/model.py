@@ -114,20 +114,38 @@ def similarity_loss(x, codes):
     return ops.mean(ops.square(ops.matmul(ux, ops.transpose(ux)) - ops.matmul(uc, ops.transpose(uc))))
 
 
+def rank_loss(x, codes, temperature: float = 0.05):
+    """KL divergence between each row's softmax over in-batch cosines, inputs vs codes.
+
+    The similarity term weighs every pair alike, and most random pairs are
+    far apart; retrieval is decided by the few nearest ones. A softmax at a
+    low temperature puts the weight on each row's nearest in-batch
+    neighbours, so the codes learn to keep *which* rows are closest
+    (listwise distillation of the raw ranking). Self-pairs are masked.
+    """
+    ux, uc = _unit(x), _unit(codes)
+    self_mask = ops.eye(ops.shape(x)[0]) * 1e9
+    raw = (ops.matmul(ux, ops.transpose(ux)) - self_mask) / temperature
+    red = (ops.matmul(uc, ops.transpose(uc)) - self_mask) / temperature
+    p = ops.softmax(raw, axis=-1)
+    return ops.mean(ops.sum(p * (ops.log_softmax(raw, axis=-1) - ops.log_softmax(red, axis=-1)), axis=-1))
+
+
 def _unit(x):
     return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class TiedAutoencoder(keras.Model):
-    """Autoencoder whose loss is reconstruction (+ optional similarity term).
+    """Autoencoder whose loss is reconstruction (+ optional similarity and rank terms).
 
     ``call`` returns the reconstruction; ``encode`` the bottleneck codes.
     """
 
     def __init__(self, input_dim: int = 512, sizes: tuple[int, ...] | list[int] = (256, 128),
                  activation: str = "selu", normalize: bool = True, tied: bool = True,
-                 loss: str = "mse", similarity_weight: float = 0.0, **kwargs):
+                 loss: str = "mse", similarity_weight: float = 0.0, rank_weight: float = 0.0,
+                 rank_temperature: float = 0.05, **kwargs):
         super().__init__(**kwargs)
         if not sizes:
             raise ValueError("sizes must name at least the code size")
@@ -136,6 +154,7 @@ class TiedAutoencoder(keras.Model):
         self.input_dim, self.sizes = int(input_dim), [int(s) for s in sizes]
         self.activation_name, self.normalize, self.tied = activation, bool(normalize), bool(tied)
         self.loss_kind, self.similarity_weight = loss, float(similarity_weight)
+        self.rank_weight, self.rank_temperature = float(rank_weight), float(rank_temperature)
 
         self.encoder_layers = [keras.layers.Dense(s, activation=activation, name=f"encoder_{i}")
                                for i, s in enumerate(self.sizes)]
@@ -180,14 +199,19 @@ class TiedAutoencoder(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         target = x if y is None else y
         loss = reconstruction_loss(target, y_pred, self.loss_kind)
-        if self.similarity_weight:
-            loss = loss + self.similarity_weight * similarity_loss(x, self.encode(x))
+        if self.similarity_weight or self.rank_weight:
+            codes = self.encode(x)
+            if self.similarity_weight:
+                loss = loss + self.similarity_weight * similarity_loss(x, codes)
+            if self.rank_weight:
+                loss = loss + self.rank_weight * rank_loss(x, codes, self.rank_temperature)
         return loss
 
     def get_config(self):
         return {"input_dim": self.input_dim, "sizes": list(self.sizes),
                 "activation": self.activation_name, "normalize": self.normalize, "tied": self.tied,
                 "loss": self.loss_kind, "similarity_weight": self.similarity_weight,
+                "rank_weight": self.rank_weight, "rank_temperature": self.rank_temperature,
                 "name": self.name, "trainable": self.trainable}
 
     @classmethod

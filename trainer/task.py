@@ -36,8 +36,8 @@ _HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 STRATEGIES = ("default", "mirrored", "multiworker")
 SCHEDULES = ("constant", "cosine", "plateau")
 # Flags that change the trained model (the rest only change where it goes).
-_MODEL_FLAGS = ("sizes", "activation", "normalize", "tied", "loss", "similarity_weight", "learning_rate",
-                "batch_size", "epochs", "early_stopping", "patience", "lr_schedule", "val_permille",
+_MODEL_FLAGS = ("sizes", "activation", "normalize", "tied", "loss", "similarity_weight", "rank_weight",
+                "rank_temperature", "learning_rate", "batch_size", "epochs", "early_stopping", "patience", "lr_schedule", "val_permille",
                 "shuffle_buffer", "seed")
 
 
@@ -71,13 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalize", type=_bool, default=True, help="unit-L2-normalize the codes")
     p.add_argument("--tied", type=_bool, default=False,
                    help="decoder reuses the encoder kernels (reference: true)")
-    # Defaults: the best measured recipe (benchmarks/RESULTS.md, issue 4). The reference's seed recipe
-    # is --tied true --loss mse --similarity_weight 0 --learning_rate 1e-4.
+    # Defaults: the best measured recipe (benchmarks/RESULTS.md). The reference's seed recipe is
+    # --tied true --loss mse --similarity_weight 0 --rank_weight 0 --learning_rate 1e-4 --batch_size 128.
     p.add_argument("--loss", choices=LOSSES, default="cosine", help="reconstruction loss (reference: mse)")
     p.add_argument("--similarity_weight", type=float, default=10.0,
                    help="weight of the in-batch cosine-similarity preservation term (reference: 0)")
+    p.add_argument("--rank_weight", type=float, default=1.0,
+                   help="weight of the in-batch neighbour-ranking (listwise distillation) term (reference: 0)")
+    p.add_argument("--rank_temperature", type=float, default=0.05,
+                   help="softmax temperature of the ranking term: lower focuses on the nearest rows")
     p.add_argument("--learning_rate", type=float, default=1e-3, help="Adam learning rate (reference: 1e-4)")
-    p.add_argument("--batch_size", type=int, default=128, help="global batch size")
+    p.add_argument("--batch_size", type=int, default=1024,
+                   help="global batch size; the ranking term needs large batches (reference: 128)")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--early_stopping", type=_bool, default=True, help="stop when validation loss stalls")
     p.add_argument("--patience", type=int, default=5)
@@ -113,7 +118,8 @@ def _is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 def model_config(args: argparse.Namespace) -> dict:
     return {"sizes": args.sizes, "activation": args.activation, "normalize": args.normalize,
-            "tied": args.tied, "loss": args.loss, "similarity_weight": args.similarity_weight}
+            "tied": args.tied, "loss": args.loss, "similarity_weight": args.similarity_weight,
+            "rank_weight": args.rank_weight, "rank_temperature": args.rank_temperature}
 
 
 def prepare(output: str, params: dict, overwrite: bool) -> None:
