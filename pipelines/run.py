@@ -64,6 +64,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_download", action="store_true", help="never download the STS benchmark")
     p.add_argument("--golden_set")
     p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--query_sample", action="append", default=[],
+                   help="file pattern of sample queries the corpus will serve, e.g. questions (repeatable; "
+                        "read with --text_field, format by extension): PCA is fitted on them too (query-aware)")
+    p.add_argument("--query_share", type=float, default=0.5,
+                   help="share of PCA's fitting rows the --query_sample rows make up")
     p.add_argument("--incremental", action="store_true",
                    help="embed and reduce only the corpus's new sentences, extending a finished run")
     p.add_argument("--drift_threshold", type=float, default=0.02,
@@ -147,19 +152,23 @@ class Flow:
         self.ran.append(step.name)
         return True
 
-    def embed_argv(self, output: str, previous: list[str] = ()) -> list[str]:
+    def embed_argv(self, output: str, previous: list[str] = (), queries: bool = False) -> list[str]:
         a = self.args
+        if queries:  # a sample of queries: its own files, formats told by extension, ids from the text
+            return [x for i in a.query_sample for x in ("--input", i)] + [
+                "--output", output, "--encoder", a.encoder, *(["--text_field", a.text_field] if a.text_field else [])]
         return [x for i in a.input for x in ("--input", i)] + [
             "--output", output, "--input_format", a.input_format, "--encoder", a.encoder,
             *(["--text_field", a.text_field] if a.text_field else []),
             *(["--id_field", a.id_field] if a.id_field else []),
             *[x for d in previous for x in ("--previous", d)]]
 
-    def embed(self, name: str, output: str, previous: list[str] = ()) -> bool:
+    def embed(self, name: str, output: str, previous: list[str] = (), queries: bool = False) -> bool:
         from pipelines import embed
 
-        argv = self.embed_argv(output, previous)
-        key = {"argv": argv, "beam": self.beam_args, "files": input_identity(self.args.input),
+        argv = self.embed_argv(output, previous, queries)
+        files = self.args.query_sample if queries else self.args.input
+        key = {"argv": argv, "beam": self.beam_args, "files": input_identity(files),
                "previous": [output_identity(d) for d in previous]}
         return self.execute(Step(name, output, key, lambda: embed.run(argv + ["--overwrite", *self.beam_args])))
 
@@ -177,9 +186,14 @@ class Flow:
         data_ids = [output_identity(d) for d in data]
         pca_argv = ["--input", data[0], *extra, "--output", self.path("pca"), "--output_dim", str(a.output_dim),
                     "--temp_dir", self.path("tmp")]
+        pca_data = list(data_ids)
+        if a.query_sample:
+            self.embed("embed-queries", self.path("query_embeddings"), queries=True)
+            pca_argv += ["--query_input", self.path("query_embeddings"), "--query_share", str(a.query_share)]
+            pca_data.append(output_identity(self.path("query_embeddings")))
         train_argv = ["--input", data[0], *extra, "--output", self.path("autoencoder"),
                       *(["--epochs", str(a.epochs)] if a.epochs else []), *a.train_arg]
-        self.execute(Step("fit-pca", self.path("pca"), {"argv": pca_argv, "beam": self.beam_args, "data": data_ids},
+        self.execute(Step("fit-pca", self.path("pca"), {"argv": pca_argv, "beam": self.beam_args, "data": pca_data},
                           lambda: fit_pca.run(pca_argv + ["--overwrite", *self.beam_args])))
         self.execute(Step("train", self.path("autoencoder"), {"argv": train_argv, "data": data_ids},
                           lambda: task.run(train_argv + ["--overwrite"])))

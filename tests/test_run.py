@@ -56,6 +56,16 @@ def test_run_end_to_end_then_skip_and_redo(tmp_path, corpus, shared_data):
     again = run.run(argv + ["--format", "parquet"])  # only the last step's parameters changed
     assert again["steps_run"] == ["reduce"]
 
+    questions = tmp_path / "questions.txt"
+    questions.write_text("".join(f"What did {s.split()[0]} report?\n" for s in sample_corpus.generate(30, seed=4)))
+    aware = argv + ["--format", "parquet", "--query_sample", str(questions), "--query_share", "0.25"]
+    # the queries are embedded and PCA refitted with them; what depends on PCA is redone
+    assert run.run(aware)["steps_run"][:3] == ["embed-queries", "fit-pca", "evaluate"]
+    pca = json.loads((work / "pca" / "manifest.json").read_text())
+    assert pca["query_input"][0] == str(work / "query_embeddings") and pca["query_input"][2] == 0.25
+    assert pca["rows_analyzed"] > 400
+    assert run.run(aware)["steps_run"] == []
+
 
 def test_incremental_runs_extend_the_corpus_and_refit_on_drift(tmp_path):
     hub = save_text_encoder(str(tmp_path / "hub"), 512)
