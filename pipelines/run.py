@@ -312,6 +312,8 @@ def run(argv: list[str] | None = None) -> dict:
     check_beam_args(parser, beam_args)  # a typo fails now, not after hours of embedding
     if args.refit_on_drift and not args.incremental:
         raise ValueError("--refit_on_drift goes with --incremental")
+    if args.query_sample and not 0 < args.query_share < 1:  # fail now, not after embedding the corpus
+        raise ValueError(f"--query_share must be in (0, 1), got {args.query_share}")
     artifacts.makedirs(args.workdir)
     flow = Flow(args, beam_args)
     return flow.increment() if args.incremental else flow.full()

@@ -101,3 +101,10 @@ def test_run_rejects_an_unknown_flag_before_doing_any_work(tmp_path):
     with pytest.raises(SystemExit) as e:
         run.run(["--input", "x.txt", "--workdir", str(tmp_path / "w"), "--epoch", "3"])
     assert e.value.code == 2 and not (tmp_path / "w").exists()
+
+
+def test_run_rejects_a_bad_query_share_before_doing_any_work(tmp_path):
+    with pytest.raises(ValueError, match="query_share"):
+        run.run(["--input", "x.txt", "--workdir", str(tmp_path / "w"), "--query_sample", "q.txt",
+                 "--query_share", "1.5"])
+    assert not (tmp_path / "w").exists()
