@@ -37,7 +37,8 @@ STS_URL = "http://ixa2.si.ehu.eus/stswiki/images/4/48/Stsbenchmark.tar.gz"
 # (``<archive>.sha256``) and every later use re-verifies the cached file; the
 # split sizes above are always checked. Pass ``sha256=`` to pin a digest.
 STS_ARCHIVE_SHA256: str | None = None
-DEFAULT_CACHE_DIR = Path.home() / ".cache" / "use-shrink"
+# Downloads and other rebuildable files; USE_SHRINK_CACHE moves it (e.g. where HOME is read-only).
+DEFAULT_CACHE_DIR = Path(os.environ.get("USE_SHRINK_CACHE") or Path.home() / ".cache" / "use-shrink")
 
 StsPair = tuple[str, str, float]
 
