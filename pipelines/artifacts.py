@@ -137,9 +137,13 @@ def create(path: str) -> BinaryIO:
     return FileSystems.create(path)
 
 
-def read_text(path: str) -> str:
+def read_bytes(path: str) -> bytes:
     with FileSystems.open(path) as f:
-        return f.read().decode("utf-8")
+        return f.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
 
 
 def write_text(path: str, text: str) -> None:

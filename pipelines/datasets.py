@@ -2,7 +2,8 @@
 
 All loaders take a path (nothing is bundled); they read plain files with the
 standard library and return plain Python lists/dicts, so the evaluate job,
-the trainer benchmarks and the tests share them without Beam or TF.
+the trainer benchmarks and the tests share them without Beam or TF. The STS
+and golden-set readers also take URLs (gs://...), read with Beam's FileSystems.
 """
 from __future__ import annotations
 
@@ -57,6 +58,35 @@ def _sts_help(reason: str) -> str:
             f"Stsbenchmark.tar.gz in {DEFAULT_CACHE_DIR}/, or run once with network access to download it.")
 
 
+def _is_url(path: str | os.PathLike) -> bool:
+    return "://" in str(path)
+
+
+def _join(directory: str | os.PathLike, *parts: str) -> str:
+    if _is_url(directory):
+        from pipelines import artifacts  # Beam's FileSystems, only where a URL needs them
+
+        return artifacts.join(str(directory), *parts)
+    return str(Path(directory, *parts))
+
+
+def _is_file(path: str) -> bool:
+    if _is_url(path):
+        from pipelines import artifacts
+
+        return artifacts.exists(path)
+    return Path(path).is_file()
+
+
+def _open_text(path: str, encoding: str = "utf-8") -> io.TextIOBase:
+    """A text file from a local path or any filesystem Beam supports (gs://, s3://...)."""
+    if _is_url(path):
+        from pipelines import artifacts
+
+        return io.StringIO(artifacts.read_bytes(path).decode(encoding), newline=None)  # newlines as open() reads them
+    return open(path, encoding=encoding)
+
+
 def parse_sts_lines(lines, source: str) -> list[StsPair]:
     """Parse STS benchmark rows: genre, file, year, id, score, sentence1, sentence2[, licence fields].
 
@@ -93,17 +123,19 @@ def _check_sizes(splits: dict[str, list[StsPair]], expected: dict[str, int] | No
 
 def read_sts_dir(directory: str | os.PathLike,
                  expected_sizes: dict[str, int] | None = STS_SPLIT_SIZES) -> dict[str, list[StsPair]]:
-    """Read ``sts-{train,dev,test}.csv`` from ``directory`` (or its ``stsbenchmark/`` subfolder)."""
-    directory = Path(directory)
-    if not (directory / "sts-test.csv").exists() and (directory / "stsbenchmark" / "sts-test.csv").exists():
-        directory = directory / "stsbenchmark"
+    """Read ``sts-{train,dev,test}.csv`` from ``directory`` (or its ``stsbenchmark/`` subfolder).
+
+    ``directory`` is a local path or a URL of any filesystem Beam supports.
+    """
+    if not _is_file(_join(directory, "sts-test.csv")) and _is_file(_join(directory, "stsbenchmark", "sts-test.csv")):
+        directory = _join(directory, "stsbenchmark")
     splits = {}
     for name in STS_SPLITS:
-        path = directory / f"sts-{name}.csv"
-        if not path.is_file():
+        path = _join(directory, f"sts-{name}.csv")
+        if not _is_file(path):
             raise DataUnavailableError(_sts_help(f"{path} not found"))
-        with open(path, encoding="utf-8") as f:
-            splits[name] = parse_sts_lines(f, str(path))
+        with _open_text(path) as f:
+            splits[name] = parse_sts_lines(f, path)
     _check_sizes(splits, expected_sizes, str(directory))
     return splits
 
@@ -430,9 +462,9 @@ class GoldenSet:
     query_meta: list[dict] = field(default_factory=list)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_jsonl(path: str) -> list[dict]:
     records = []
-    with open(path, encoding="utf-8") as f:
+    with _open_text(path) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -450,9 +482,9 @@ def _read_jsonl(path: Path) -> list[dict]:
     return records
 
 
-def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
+def _read_qrels(path: str) -> dict[str, dict[str, int]]:
     qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8") as f:
+    with _open_text(path) as f:
         for n, line in enumerate(f, 1):
             fields = line.rstrip("\r\n").split("\t")
             if n == 1 and fields[0] == "query-id":
@@ -470,7 +502,7 @@ def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
 
 
 def load_golden_set(directory: str | os.PathLike, split: str = "test") -> GoldenSet:
-    """Load a BEIR-layout golden set.
+    """Load a BEIR-layout golden set from a local path or a URL of any filesystem Beam supports.
 
     Format (UTF-8), all in ``directory``:
     - ``corpus.jsonl``: one JSON object per line, ``{"_id": str, "text": str,
@@ -482,16 +514,16 @@ def load_golden_set(directory: str | os.PathLike, split: str = "test") -> Golden
     (in queries.jsonl order), as BEIR scores them. Qrels naming an unknown
     query or document are an error.
     """
-    directory = Path(directory)
-    qrels_path = directory / "qrels" / f"{split}.tsv"
-    if not qrels_path.exists():
-        qrels_path = directory / "qrels.tsv"
-    for path in (directory / "corpus.jsonl", directory / "queries.jsonl", qrels_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"golden set {directory}: {path.name} not found "
+    corpus_path, queries_path = _join(directory, "corpus.jsonl"), _join(directory, "queries.jsonl")
+    qrels_path = _join(directory, "qrels", f"{split}.tsv")
+    if not _is_file(qrels_path):
+        qrels_path = _join(directory, "qrels.tsv")
+    for path in (corpus_path, queries_path, qrels_path):
+        if not _is_file(path):
+            raise FileNotFoundError(f"golden set {directory}: {path.rsplit('/', 1)[-1]} not found "
                                     f"(expected corpus.jsonl, queries.jsonl, qrels/{split}.tsv or qrels.tsv)")
-    docs = _read_jsonl(directory / "corpus.jsonl")
-    queries = _read_jsonl(directory / "queries.jsonl")
+    docs = _read_jsonl(corpus_path)
+    queries = _read_jsonl(queries_path)
     qrels = _read_qrels(qrels_path)
     doc_ids = {d["_id"] for d in docs}
     query_ids = {q["_id"] for q in queries}

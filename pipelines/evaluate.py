@@ -42,11 +42,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--embeddings", required=True, help="embedding dataset (output of `shrink embed`)")
     parser.add_argument("--reducer", action="append", required=True, help="reducer artifact (repeatable)")
     parser.add_argument("--output", required=True, help="report directory (local or a URL, e.g. gs://...)")
-    parser.add_argument("--sts_dir", help="directory with sts-{train,dev,test}.csv; default: the cached "
+    parser.add_argument("--sts_dir", help="directory (local or a URL) with sts-{train,dev,test}.csv; default: the cached "
                                           "archive, downloaded once when there is a network")
     parser.add_argument("--no_download", action="store_true", help="never download the STS benchmark")
     parser.add_argument("--sts_split", default="test", choices=["dev", "test"])
-    parser.add_argument("--golden_set", help="BEIR-layout directory: corpus.jsonl, queries.jsonl, qrels/")
+    parser.add_argument("--golden_set", help="BEIR-layout directory (local or a URL): corpus.jsonl, queries.jsonl, qrels/")
     parser.add_argument("--golden_split", default="test")
     parser.add_argument("--group_field", default="table_uid",
                         help="metadata field grouping golden-set records for within-group ranking")

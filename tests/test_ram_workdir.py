@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import tests.ramfs  # noqa: F401 - registers ram:// with Beam
-from pipelines import artifacts, evaluate, records, run, sample_corpus
+from pipelines import artifacts, datasets, evaluate, records, run, sample_corpus
 from tests.hub_models import save_text_encoder
 
 gfile = tf.io.gfile
@@ -39,6 +39,23 @@ def test_artifact_helpers_on_ram(tmp_path, in_tmp_cwd):
     assert not artifacts.exists(artifacts.join(root, "a"))
     assert artifacts.absolute("gs://bucket/x") == "gs://bucket/x"
     assert artifacts.absolute("x") == os.path.join(str(tmp_path), "x")
+
+
+def _copy_tree_to_ram(local, url: str) -> None:
+    for path in local.rglob("*"):
+        if path.is_file():
+            artifacts.write_text(f"{url}/{path.relative_to(local).as_posix()}", path.read_text(encoding="utf-8"))
+
+
+def test_sts_and_golden_set_read_from_ram(tmp_path, shared_data, in_tmp_cwd):
+    root = f"ram://{tmp_path.name}/data"
+    _copy_tree_to_ram(shared_data / "stsbenchmark", f"{root}/stsbenchmark")
+    golden = shared_data / "tatqa" / "derived_beir_paragraph_retrieval"
+    _copy_tree_to_ram(golden, f"{root}/golden")
+    assert datasets.read_sts_dir(root) == datasets.read_sts_dir(shared_data / "stsbenchmark")  # finds the subfolder
+    assert datasets.load_golden_set(f"{root}/golden", "dev") == datasets.load_golden_set(golden, "dev")
+    with pytest.raises(FileNotFoundError, match="corpus.jsonl not found"):
+        datasets.load_golden_set(f"{root}/stsbenchmark")
 
 
 def test_run_and_evaluate_with_a_ram_workdir(tmp_path, shared_data, in_tmp_cwd):
@@ -75,9 +92,11 @@ def test_run_and_evaluate_with_a_ram_workdir(tmp_path, shared_data, in_tmp_cwd):
     assert run.run(argv + ["--format", "parquet", "--incremental"])["new_vectors"] == 0
     assert not gfile.exists(f"{work}/increments/0002")  # the empty increment was deleted
 
-    out = f"{work}/evaluate-pca"  # `shrink evaluate` alone, from ram:// to ram://
+    out = f"{work}/evaluate-pca"  # `shrink evaluate` alone, everything on ram://, STS files too
+    _copy_tree_to_ram(shared_data / "stsbenchmark", f"{work}/sts")
     alone = evaluate.run(["--embeddings", f"{work}/embeddings", "--reducer", f"{work}/pca", "--output", out,
-                          "--queries", "20", "--sts_dir", sts])
+                          "--queries", "20", "--sts_dir", f"{work}/sts"])
     assert alone["figures"] == ["sts_scatter.png", "metrics.png"]
     for name in ("report.json", "report.md", *alone["figures"]):
         assert gfile.stat(f"{out}/{name}").length > 0, name
+    assert json.loads(gfile.GFile(f"{out}/report.json").read())["sts"]["pairs"] == 1379
