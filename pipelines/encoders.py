@@ -189,9 +189,7 @@ class EncoderModelHandler(ModelHandler[str, PredictionResult, Encoder]):
     def run_inference(self, batch: Sequence[str], model: Encoder,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
         try:
-            import time as _t; t0=_t.time()
             vectors = _encode_checked(model, batch)
-            open("/tmp/trace.log","a").write(f"{t0:.3f} {os.getpid()} batch {len(batch)} {_t.time()-t0:.3f}\n")
         except Exception:  # noqa: BLE001 - find the sentence(s) at fault instead of losing the batch
             log.warning("encoder failed on a batch of %d; retrying one sentence at a time", len(batch))
             return [_encode_one(model, text) for text in batch]
