@@ -51,12 +51,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--text_field")
     p.add_argument("--id_field")
     p.add_argument("--encoder", default="use-m3")
-    p.add_argument("--output_dim", type=int, default=128)
+    p.add_argument("--output_dim", type=int, default=128,
+                   help="dimension of both reducers' vectors (the autoencoder's code size unless --train_arg "
+                        "sets --sizes)")
     p.add_argument("--reducer", choices=["best", "pca", "autoencoder"], default="best",
                    help="reducer for the output corpus; best = highest mean of STS fidelity and corpus nDCG@10")
     p.add_argument("--epochs", type=int, help="autoencoder epochs (default: the trainer's)")
     p.add_argument("--train_arg", action="append", default=[],
                    help="extra trainer flag, e.g. --train_arg=--similarity_weight=1 (repeatable)")
+    p.add_argument("--pca_arg", action="append", default=[],
+                   help="extra fit-pca flag, e.g. --pca_arg=--no-center (repeatable)")
     p.add_argument("--format", choices=["tfrecord", "parquet"], default="tfrecord")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--drop_text", action="store_true")
@@ -185,14 +189,15 @@ class Flow:
         extra = [x for d in data[1:] for x in ("--extra_input", d)]
         data_ids = [output_identity(d) for d in data]
         pca_argv = ["--input", data[0], *extra, "--output", self.path("pca"), "--output_dim", str(a.output_dim),
-                    "--temp_dir", self.path("tmp")]
+                    "--temp_dir", self.path("tmp"), *a.pca_arg]
         pca_data = list(data_ids)
         if a.query_sample:
             self.embed("embed-queries", self.path("query_embeddings"), queries=True)
             pca_argv += ["--query_input", self.path("query_embeddings"), "--query_share", str(a.query_share)]
             pca_data.append(output_identity(self.path("query_embeddings")))
         train_argv = ["--input", data[0], *extra, "--output", self.path("autoencoder"),
-                      *(["--epochs", str(a.epochs)] if a.epochs else []), *a.train_arg]
+                      *code_size_args(a.output_dim), *(["--epochs", str(a.epochs)] if a.epochs else []),
+                      *a.train_arg]
         self.execute(Step("fit-pca", self.path("pca"), {"argv": pca_argv, "beam": self.beam_args, "data": pca_data},
                           lambda: fit_pca.run(pca_argv + ["--overwrite", *self.beam_args])))
         self.execute(Step("train", self.path("autoencoder"), {"argv": train_argv, "data": data_ids},
@@ -306,10 +311,32 @@ class Flow:
         return summary
 
 
+def code_size_args(output_dim: int) -> list[str]:
+    """Trainer flags for an autoencoder whose codes have ``output_dim`` values (hidden layer 256, or wider)."""
+    return ["--sizes", f"{max(256, output_dim)},{output_dim}"]
+
+
+def check_step_args(args: argparse.Namespace) -> None:
+    """Parse the --train_arg and --pca_arg flags now, so a typo fails before the corpus is embedded."""
+    if args.train_arg:
+        from trainer import task
+
+        task.build_parser().parse_args(["--input", "-", "--output", "-", *args.train_arg])
+    if args.pca_arg:
+        from pipelines import fit_pca
+
+        parser = fit_pca.make_parser()
+        _, unknown = parser.parse_known_args(["--input", "-", "--output", "-", *args.pca_arg])
+        if unknown:
+            parser.error(f"--pca_arg: unrecognized fit-pca arguments: {' '.join(unknown)} "
+                         "(pass Beam pipeline options to run itself)")
+
+
 def run(argv: list[str] | None = None) -> dict:
     parser = make_parser()
     args, beam_args = parser.parse_known_args(argv)
     check_beam_args(parser, beam_args)  # a typo fails now, not after hours of embedding
+    check_step_args(args)
     if args.refit_on_drift and not args.incremental:
         raise ValueError("--refit_on_drift goes with --incremental")
     if args.query_sample and not 0 < args.query_share < 1:  # fail now, not after embedding the corpus

@@ -74,9 +74,11 @@ def test_incremental_runs_extend_the_corpus_and_refit_on_drift(tmp_path):
     corpus.write_text("\n".join(sentences[:300]) + "\n")
     work = tmp_path / "work"
     base = ["--input", str(corpus), "--workdir", str(work), "--encoder", f"tfhub:{hub}", "--epochs", "1",
-            "--queries", "20", "--no_download", "--reducer", "pca"]
+            "--queries", "20", "--no_download", "--reducer", "pca", "--output_dim", "48", "--pca_arg=--no-center"]
     first = run.run(base)
     assert first["vectors"] == 300
+    pca, ae = (json.loads((work / name / "manifest.json").read_text()) for name in ("pca", "autoencoder"))
+    assert pca["output_dim"] == ae["output_dim"] == 48 and pca["center"] is False
 
     corpus.write_text("\n".join(sentences) + "\n")  # the corpus grew by 60 sentences
     second = run.run(base + ["--incremental"])
@@ -100,6 +102,13 @@ def test_incremental_runs_extend_the_corpus_and_refit_on_drift(tmp_path):
 def test_run_rejects_an_unknown_flag_before_doing_any_work(tmp_path):
     with pytest.raises(SystemExit) as e:
         run.run(["--input", "x.txt", "--workdir", str(tmp_path / "w"), "--epoch", "3"])
+    assert e.value.code == 2 and not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("flag", ["--train_arg=--batchsize=32", "--pca_arg=--centre", "--pca_arg=--runner=X"])
+def test_run_rejects_a_bad_step_flag_before_doing_any_work(tmp_path, flag):
+    with pytest.raises(SystemExit) as e:
+        run.run(["--input", "x.txt", "--workdir", str(tmp_path / "w"), flag])
     assert e.value.code == 2 and not (tmp_path / "w").exists()
 
 
