@@ -44,7 +44,9 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import embedding_cache  # noqa: E402
-from pipelines import artifacts, metrics, pca_math, records  # noqa: E402
+from pipelines.common import artifacts, records  # noqa: E402
+from pipelines.evaluation import metrics  # noqa: E402
+import pca_reference as pca_math  # noqa: E402
 from trainer import data  # noqa: E402
 from trainer.model import build_autoencoder  # noqa: E402
 

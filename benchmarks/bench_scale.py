@@ -31,7 +31,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipelines import artifacts, records, sample_corpus  # noqa: E402
+from pipelines.common import artifacts, records  # noqa: E402
+from pipelines import sample_corpus  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

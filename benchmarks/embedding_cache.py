@@ -28,7 +28,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipelines import datasets  # noqa: E402
+from pipelines.evaluation import golden, sts# noqa: E402
+
+import financial_corpus# noqa: E402
 
 CACHE_DIR = REPO / "benchmarks" / "out" / "cache"
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
@@ -102,13 +104,13 @@ def cached_embeddings(name: str, sentences: list[str], cache_dir: Path = CACHE_D
 
 def sts_train_dev(data_dir: Path = DEFAULT_DATA_DIR, **kw) -> tuple[list[str], np.ndarray]:
     """Unique STS-benchmark train+dev sentences (reducer training text, in-domain setting)."""
-    sentences = datasets.sts_sentences(datasets.read_sts_dir(Path(data_dir) / "stsbenchmark"))
+    sentences = sts.sts_sentences(sts.read_sts_dir(Path(data_dir) / "stsbenchmark"))
     return sentences, cached_embeddings("sts-traindev", sentences, **kw)
 
 
 def sts_test(data_dir: Path = DEFAULT_DATA_DIR, **kw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """STS test pairs: (embeddings of sentence1s, of sentence2s, human scores), row-aligned."""
-    pairs = datasets.read_sts_dir(Path(data_dir) / "stsbenchmark")["test"]
+    pairs = sts.read_sts_dir(Path(data_dir) / "stsbenchmark")["test"]
     sentences = [p[0] for p in pairs] + [p[1] for p in pairs]
     vectors = cached_embeddings("sts-test", sentences, **kw)
     n = len(pairs)
@@ -116,15 +118,15 @@ def sts_test(data_dir: Path = DEFAULT_DATA_DIR, **kw) -> tuple[np.ndarray, np.nd
 
 
 def financial(data_dir: Path = DEFAULT_DATA_DIR, **kw) -> tuple[list[str], np.ndarray]:
-    """The financial-news corpus (see datasets.build_financial_corpus) and its embeddings."""
-    sentences = datasets.build_financial_corpus(data_dir)
+    """The financial-news corpus (see financial_corpus.build_financial_corpus) and its embeddings."""
+    sentences = financial_corpus.build_financial_corpus(data_dir)
     return sentences, cached_embeddings("financial", sentences, **kw)
 
 
 def tatqa(data_dir: Path = DEFAULT_DATA_DIR, split: str = "test",
-          **kw) -> tuple[datasets.GoldenSet, np.ndarray, np.ndarray]:
+          **kw) -> tuple[golden.GoldenSet, np.ndarray, np.ndarray]:
     """The TAT-QA golden set with (document, query) embeddings."""
-    gs = datasets.load_golden_set(Path(data_dir) / "tatqa" / "derived_beir_paragraph_retrieval", split)
+    gs = golden.load_golden_set(Path(data_dir) / "tatqa" / "derived_beir_paragraph_retrieval", split)
     return gs, cached_embeddings("tatqa-docs", gs.doc_texts, **kw), \
         cached_embeddings(f"tatqa-queries-{split}", gs.query_texts, **kw)
 
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if "financial" in args.sets:
-        counts = datasets.write_financial_corpus(args.data_dir, args.corpus_text)
+        counts = financial_corpus.write_financial_corpus(args.data_dir, args.corpus_text)
         log.info("financial corpus -> %s: %s", args.corpus_text, json.dumps(counts))
     for name in args.sets:
         for fn in SETS[name]:

@@ -25,12 +25,12 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipelines import artifacts, records
-from pipelines import deadletter as dl
-from pipelines.beam_utils import (LOCAL_RUNNERS, ProgressLog, counter_values, create_pipeline, parse_job_args,
+from pipelines.common import artifacts, records
+from pipelines.common import deadletter as dl
+from pipelines.common.beam_runner import (LOCAL_RUNNERS, ProgressLog, counter_values, create_pipeline, parse_job_args,
                                   run_and_wait)
-from pipelines.encoders import DEFAULT_ENCODER, EncoderModelHandler, available_cores, validate_spec
-from pipelines.sources import DEAD, NAMESPACE, ReadCorpus, check_patterns
+from transforms.encoders import DEFAULT_ENCODER, EncoderModelHandler, available_cores, validate_spec
+from transforms.corpus import DEAD, NAMESPACE, ReadCorpus, check_patterns
 
 log = logging.getLogger(__name__)
 DATA_PREFIX = "data"

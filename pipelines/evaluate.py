@@ -26,10 +26,12 @@ import time
 
 import numpy as np
 
-from pipelines import artifacts, datasets, metrics
-from pipelines import report as report_io
-from pipelines.encoders import load_encoder, worker_threads
-from pipelines.reducers import Reducer, check_input_dim, load_reducer
+from pipelines.common import artifacts
+from pipelines.evaluation import metrics
+from pipelines.evaluation import golden, sts
+from pipelines.evaluation import report as report_io
+from transforms.encoders import load_encoder, worker_threads
+from pipelines.common.reducers import Reducer, check_input_dim, load_reducer
 
 log = logging.getLogger(__name__)
 RAW = "raw"
@@ -76,7 +78,7 @@ def load_sample(directory: str, size: int, holdout_permille: int) -> tuple[np.nd
     """
     import tensorflow as tf
 
-    from pipelines import records
+    from pipelines.common import records
     from trainer.data import in_split, open_source
 
     source = open_source(directory)
@@ -134,7 +136,7 @@ def evaluate_corpus(sample: np.ndarray, held_out: np.ndarray, reducers, names, q
     return out
 
 
-def evaluate_golden(golden: datasets.GoldenSet, encoder, reducers, names, group_field: str) -> dict:
+def evaluate_golden(golden: golden.GoldenSet, encoder, reducers, names, group_field: str) -> dict:
     docs = encode_texts(encoder, golden.doc_texts)
     queries = encode_texts(encoder, golden.query_texts)
     qrels = [golden.qrels[q] for q in golden.query_ids]
@@ -206,11 +208,11 @@ def run(argv: list[str] | None = None) -> dict:
                     "reducers": {n: r.summary() for n, r in zip(names, reducers)}, "skipped": {}}
     cosines = None
     try:
-        splits = datasets.load_sts(args.sts_dir, download=not args.no_download)
+        splits = sts.load_sts(args.sts_dir, download=not args.no_download)
         report["sts"] = evaluate_sts(splits[args.sts_split], encoder, reducers, names)
         report["sts"]["split"] = args.sts_split
         cosines = report["sts"].pop("_cosines")
-    except datasets.DataUnavailableError as e:
+    except sts.DataUnavailableError as e:
         report["skipped"]["sts"] = str(e)
         log.warning("skipping STS: %s", e)
 
@@ -223,7 +225,7 @@ def run(argv: list[str] | None = None) -> dict:
         report["skipped"]["corpus_retrieval"] = f"only {len(sample)} vectors in {args.embeddings}; need {2 * K + 1}"
 
     if args.golden_set:
-        golden = datasets.load_golden_set(args.golden_set, args.golden_split)
+        golden = golden.load_golden_set(args.golden_set, args.golden_split)
         report["golden_set"] = {"path": args.golden_set, "split": args.golden_split,
                                 **evaluate_golden(golden, encoder, reducers, names, args.group_field)}
     else:

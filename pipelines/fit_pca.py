@@ -43,9 +43,9 @@ from tensorflow_transform.tf_metadata import schema_utils
 from threadpoolctl import threadpool_limits
 from tfx_bsl.public import tfxio
 
-from pipelines import artifacts, pca_math, records, reducers
-from pipelines.artifacts import ArtifactError
-from pipelines.beam_utils import counter_values, create_pipeline, parse_job_args, run_and_wait
+from pipelines.common import artifacts, records, reducers
+from pipelines.common.artifacts import ArtifactError
+from pipelines.common.beam_runner import counter_values, create_pipeline, parse_job_args, run_and_wait
 from transforms import pca as pca_transform
 
 log = logging.getLogger(__name__)
@@ -263,7 +263,7 @@ def run(argv: list[str] | None = None) -> dict:
         raise RuntimeError(f"the head disagrees with the transform_fn (max diff {np.abs(got - expected).max()})")
     reducers.save_head(head, opts.output, input_dim)
 
-    ratio = pca_math.explained_variance_ratio(values[pca_transform.COVARIANCE], values[pca_transform.MATRIX])
+    ratio = pca_transform.explained_variance_ratio(values[pca_transform.COVARIANCE], values[pca_transform.MATRIX])
     eigenvalues = np.diag(values[pca_transform.MATRIX].T @ values[pca_transform.COVARIANCE]
                           @ values[pca_transform.MATRIX])
     manifest = artifacts.write_manifest(opts.output, "pca", {

@@ -25,11 +25,11 @@ from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.io.tfrecordio import ReadFromTFRecord
 from apache_beam.metrics import Metrics
 
-from pipelines import artifacts, records, reducers
-from pipelines import deadletter as dl
-from pipelines.beam_utils import ProgressLog, counter_values, create_pipeline, parse_job_args, run_and_wait
+from pipelines.common import artifacts, records, reducers
+from pipelines.common import deadletter as dl
+from pipelines.common.beam_runner import ProgressLog, counter_values, create_pipeline, parse_job_args, run_and_wait
 from pipelines.embed import processes_per_machine
-from pipelines.encoders import DEFAULT_ENCODER
+from transforms.encoders import DEFAULT_ENCODER
 
 log = logging.getLogger(__name__)
 NAMESPACE = "reduce"
@@ -207,7 +207,7 @@ class EmbedText(beam.PTransform):
 
     def expand(self, pbegin):
         from pipelines import embed
-        from pipelines.encoders import EncoderModelHandler
+        from transforms.encoders import EncoderModelHandler
 
         opts = self.opts
         handler = EncoderModelHandler(opts.encoder, threads=opts.encoder_threads or None,
@@ -224,8 +224,8 @@ class EmbedText(beam.PTransform):
 
 
 def _text_params(opts: argparse.Namespace) -> dict:
-    from pipelines.encoders import validate_spec
-    from pipelines.sources import check_patterns
+    from transforms.encoders import validate_spec
+    from transforms.corpus import check_patterns
 
     validate_spec(opts.encoder)
     check_patterns(opts.text_input)

@@ -32,8 +32,8 @@ from typing import Callable
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import artifacts
-from pipelines.beam_utils import check_beam_args
+from pipelines.common import artifacts
+from pipelines.common.beam_runner import check_beam_args
 
 log = logging.getLogger(__name__)
 RUN_MANIFEST = "run_manifest.json"
@@ -248,8 +248,9 @@ class Flow:
         return self.summary(reducer)
 
     def increment(self) -> dict:
-        from pipelines import drift, evaluate
-        from pipelines.reducers import load_reducer
+        from pipelines.evaluation import drift
+        from pipelines import evaluate
+        from pipelines.common.reducers import load_reducer
 
         if "reduce" not in self.state.steps or "reducer" not in self.state.steps["reduce"]:
             raise RuntimeError(f"{self.args.workdir} holds no finished run to extend; run without --incremental first")

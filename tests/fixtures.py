@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from pipelines import artifacts, records
+from pipelines.common import artifacts, records
 
 
 def correlated_vectors(rows: int, dim: int, seed: int = 0, rank: int = 16) -> np.ndarray:
@@ -49,7 +49,7 @@ def write_embedding_dataset(directory: str | Path, vectors: np.ndarray, *, num_s
 def write_linear_reducer(directory: str | Path, mean: np.ndarray, matrix: np.ndarray, *,
                          kind: str = "pca", l2_normalize: bool = False) -> str:
     """A reducer artifact written straight from a mean and matrix (no tf.Transform run)."""
-    from pipelines import reducers
+    from pipelines.common import reducers
 
     directory = str(directory)
     head = reducers.LinearHead(mean, matrix, l2_normalize)

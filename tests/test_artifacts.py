@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from pipelines import artifacts
+from pipelines.common import artifacts
 
 
 def test_manifest_round_trip_and_validation(tmp_path):
@@ -51,7 +51,7 @@ def test_fingerprint_is_stable_and_order_independent():
 def test_schema_is_the_one_tf_transform_derives_from_the_feature_spec(with_text):
     from tensorflow_transform.tf_metadata import schema_utils
 
-    from pipelines import records
+    from pipelines.common import records
 
     ours = records.make_schema(300, with_text)
     assert ours == schema_utils.schema_from_feature_spec(records.feature_spec(300, with_text))
@@ -61,7 +61,7 @@ def test_schema_is_the_one_tf_transform_derives_from_the_feature_spec(with_text)
 def test_schema_dim_refuses_a_schema_without_a_fixed_embedding():
     from tensorflow_metadata.proto.v0 import schema_pb2
 
-    from pipelines import records
+    from pipelines.common import records
 
     schema = schema_pb2.Schema()
     schema.feature.add(name="id", type=schema_pb2.BYTES)

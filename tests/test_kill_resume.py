@@ -16,8 +16,9 @@ import time
 import numpy as np
 import pytest
 
-from pipelines import artifacts, embed, fit_pca, records, reduce, sample_corpus
-from pipelines.reducers import load_reducer
+from pipelines.common import artifacts, records
+from pipelines import embed, fit_pca, reduce, sample_corpus
+from pipelines.common.reducers import load_reducer
 from tests.fixtures import correlated_vectors, write_embedding_dataset
 
 

@@ -6,8 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from pipelines import artifacts, fit_pca, pca_math, reducers
-from pipelines.artifacts import ArtifactError
+from pipelines.common import artifacts, reducers
+from pipelines import fit_pca
+from benchmarks import pca_reference as pca_math
+from pipelines.common.artifacts import ArtifactError
 from tests.fixtures import correlated_vectors, write_embedding_dataset
 from transforms import pca as pca_transform
 

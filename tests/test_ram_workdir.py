@@ -13,7 +13,9 @@ import pytest
 import tensorflow as tf
 
 import tests.ramfs  # noqa: F401 - registers ram:// with Beam
-from pipelines import artifacts, datasets, evaluate, records, run, sample_corpus
+from pipelines.common import artifacts, records
+from pipelines.evaluation import golden, sts
+from pipelines import evaluate, run, sample_corpus
 from tests.hub_models import save_text_encoder
 
 gfile = tf.io.gfile
@@ -52,10 +54,10 @@ def test_sts_and_golden_set_read_from_ram(tmp_path, shared_data, in_tmp_cwd):
     _copy_tree_to_ram(shared_data / "stsbenchmark", f"{root}/stsbenchmark")
     golden = shared_data / "tatqa" / "derived_beir_paragraph_retrieval"
     _copy_tree_to_ram(golden, f"{root}/golden")
-    assert datasets.read_sts_dir(root) == datasets.read_sts_dir(shared_data / "stsbenchmark")  # finds the subfolder
-    assert datasets.load_golden_set(f"{root}/golden", "dev") == datasets.load_golden_set(golden, "dev")
+    assert sts.read_sts_dir(root) == sts.read_sts_dir(shared_data / "stsbenchmark")  # finds the subfolder
+    assert golden.load_golden_set(f"{root}/golden", "dev") == golden.load_golden_set(golden, "dev")
     with pytest.raises(FileNotFoundError, match="corpus.jsonl not found"):
-        datasets.load_golden_set(f"{root}/stsbenchmark")
+        golden.load_golden_set(f"{root}/stsbenchmark")
 
 
 def test_run_and_evaluate_with_a_ram_workdir(tmp_path, shared_data, in_tmp_cwd):

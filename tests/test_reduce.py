@@ -8,10 +8,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import artifacts, pca_math, records
+from pipelines.common import artifacts, records
+from benchmarks import pca_reference as pca_math
 from pipelines import reduce as reduce_job
-from pipelines import reducers
-from pipelines.artifacts import ArtifactError
+from pipelines.common import reducers
+from pipelines.common.artifacts import ArtifactError
 from tests.fixtures import correlated_vectors, write_embedding_dataset, write_linear_reducer
 
 ROWS, DIM, K = 200, 64, 8

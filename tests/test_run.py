@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from pipelines import records, run, sample_corpus
+from pipelines.common import records
+from pipelines import run, sample_corpus
 from tests.hub_models import save_text_encoder
 
 

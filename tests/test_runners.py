@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import embed, fit_pca, records, reduce
-from pipelines.encoders import EncoderModelHandler
-from pipelines.reducers import load_reducer
+from pipelines import embed, fit_pca, reduce
+from pipelines.common import records
+from transforms.encoders import EncoderModelHandler
+from pipelines.common.reducers import load_reducer
 from tests.fixtures import correlated_vectors, write_embedding_dataset, write_linear_reducer
 from tests.hub_models import save_text_encoder
 from tests.portable import portable_cluster

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines import artifacts, records
-from pipelines.reducers import load_reducer
+from pipelines.common import artifacts, records
+from pipelines.common.reducers import load_reducer
 from tests.fixtures import correlated_vectors, write_embedding_dataset
 from trainer import data, export, task
 from trainer.model import build_autoencoder

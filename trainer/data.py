@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import artifacts, records
+from pipelines.common import artifacts, records
 
 SHARD_GLOB = "data-*.tfrecord"
 _PARSE_BATCH = 1024

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from pipelines import reducers
-from pipelines.reducers import INPUT_NAME, OUTPUT_NAME, SIGNATURE
+from pipelines.common import reducers
+from pipelines.common.reducers import INPUT_NAME, OUTPUT_NAME, SIGNATURE
 from trainer.model import TiedAutoencoder
 
 TEXT_MODEL_DIR = "text_model"

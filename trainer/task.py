@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.io import gfile
 
-from pipelines import artifacts
+from pipelines.common import artifacts
 from trainer import data, export
 from trainer.model import LOSSES, build_autoencoder
 

@@ -12,8 +12,8 @@ import numpy as np
 import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import artifacts
-from pipelines.artifacts import ArtifactError
+from pipelines.common import artifacts
+from pipelines.common.artifacts import ArtifactError
 
 KINDS = ("pca", "autoencoder")
 HEAD_DIR = "head"

