@@ -1,7 +1,8 @@
 """The ``shrink`` console script: one subcommand per job.
 
 ``shrink embed ...`` is the same as ``python -m pipelines.embed ...``; every
-job module exposes ``run(argv)`` and takes standard Beam pipeline options.
+job module exposes ``main(argv)`` (flags -> typed config -> ``run(config,
+options)``) and the Beam jobs take standard Beam pipeline options.
 
 Exit codes are trustworthy: 0 on success, 1 with a one-line message on a
 failure, 2 on a usage error. Processes that ran tf.Transform can segfault
@@ -13,8 +14,11 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import sys
 import traceback
+
+from pipelines.common.errors import NAMES, ShrinkError
 
 COMMANDS = {
     "embed": ("pipelines.embed", "corpus -> 512-d embedding TFRecord shards"),
@@ -42,11 +46,22 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
+def one_line(error: BaseException) -> str:
+    """``Type: message`` of the error, on one line; for a runner's wrapped failure, our error inside it."""
+    text = f"{type(error).__name__}: {error}"
+    if not isinstance(error, ShrinkError):
+        found = re.search(rf"\b({'|'.join(NAMES)}): (.+?)(?: \[while running [^\]]*\])?(?:\n|$)", text)
+        if found:
+            return f"{found.group(1)}: {found.group(2)}"
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return first if len(first) <= 600 else first[:600] + " ..."
+
+
 def run_job(module_name: str, argv: list[str]) -> int:
-    """Run ``module.run(argv)``; return the process exit code it deserves."""
+    """Run ``module.main(argv)``; return the process exit code it deserves."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        importlib.import_module(module_name).run(argv)
+        importlib.import_module(module_name).main(argv)
         return 0
     except SystemExit as e:  # argparse: --help is 0, a usage error 2
         return e.code if isinstance(e.code, int) else 1
@@ -56,7 +71,7 @@ def run_job(module_name: str, argv: list[str]) -> int:
     except Exception as e:  # noqa: BLE001 - the top level turns any failure into a message
         if os.environ.get("SHRINK_DEBUG"):
             traceback.print_exc()
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         print("(set SHRINK_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
 

@@ -17,7 +17,7 @@ from pipelines import sample_corpus
 SHARED_STS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "stsbenchmark")
 
 
-def run(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="shrink demo", description=__doc__)
     parser.add_argument("--workdir", default="demo_output")
     parser.add_argument("--n", type=int, default=5000, help="sample sentences to generate")
@@ -29,7 +29,7 @@ def run(argv: list[str] | None = None) -> dict:
     if not os.path.exists(corpus):
         sample_corpus.write(corpus, args.n)
     sts = ["--sts_dir", os.path.abspath(SHARED_STS)] if os.path.isdir(SHARED_STS) else []
-    return run_job.run(["--input", corpus, "--workdir", args.workdir, "--epochs", str(args.epochs),
+    return run_job.main(["--input", corpus, "--workdir", args.workdir, "--epochs", str(args.epochs),
                         "--queries", "500", *sts, *rest])
 
 

@@ -23,43 +23,76 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.common import artifacts
-from pipelines.evaluation import metrics
-from pipelines.evaluation import golden, sts
-from pipelines.evaluation import report as report_io
-from transforms.encoders import load_encoder, worker_threads
+from pipelines.common import config as cfg
+from pipelines.common import files, manifests
+from pipelines.common.dataset import EmbeddingDataset, iter_batches
+from pipelines.common.outputs import OutputDir
 from pipelines.common.reducers import Reducer, check_input_dim, load_reducer
+from pipelines.evaluation import golden, metrics, sts
+from pipelines.evaluation import report as report_io
+from pipelines.evaluation.sampling import SmallestKeys, seeded_keys
+from transforms.encoders import load_encoder, worker_threads
 
 log = logging.getLogger(__name__)
 RAW = "raw"
 K = 10
 
 
+OWNED = ("report.json", "report.md", "*.png")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    embeddings: str
+    reducer: tuple[str, ...]
+    output: str
+    sts_dir: str | None = None
+    download: bool = True
+    sts_split: str = "test"
+    golden_set: str | None = None
+    golden_split: str = "test"
+    group_field: str = "table_uid"
+    queries: int = 1000
+    sample: int = 20_000
+    holdout_permille: int = 50
+    seed: int = 0
+    encoder_threads: int = 0
+    overwrite: bool = True
+
+    def params(self) -> dict:
+        return cfg.params(self, exclude=("output", "encoder_threads", "overwrite"))
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(allow_abbrev=False, prog="shrink evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--embeddings", required=True, help="embedding dataset (output of `shrink embed`)")
-    parser.add_argument("--reducer", action="append", required=True, help="reducer artifact (repeatable)")
-    parser.add_argument("--output", required=True, help="report directory (local or a URL, e.g. gs://...)")
-    parser.add_argument("--sts_dir", help="directory (local or a URL) with sts-{train,dev,test}.csv; default: the cached "
-                                          "archive, downloaded once when there is a network")
-    parser.add_argument("--no_download", action="store_true", help="never download the STS benchmark")
-    parser.add_argument("--sts_split", default="test", choices=["dev", "test"])
-    parser.add_argument("--golden_set", help="BEIR-layout directory (local or a URL): corpus.jsonl, queries.jsonl, qrels/")
-    parser.add_argument("--golden_split", default="test")
-    parser.add_argument("--group_field", default="table_uid",
-                        help="metadata field grouping golden-set records for within-group ranking")
-    parser.add_argument("--queries", type=int, default=1000, help="label-free retrieval queries")
-    parser.add_argument("--sample", type=int, default=20_000, help="corpus rows searched")
-    parser.add_argument("--holdout_permille", type=int, default=50,
-                        help="queries come from rows whose id hashes below this (per mille): the trainer's "
-                             "validation split, never trained on")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--encoder_threads", type=int, default=0, help="0: all cores of this machine")
-    return parser
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="shrink evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--embeddings", required=True, help="embedding dataset (output of `shrink embed`)")
+    p.add_argument("--reducer", action="append", required=True, help="reducer artifact (repeatable)")
+    p.add_argument("--output", required=True, help="report directory (local or a URL, e.g. gs://...)")
+    p.add_argument("--sts_dir", help="directory (local or a URL) with sts-{train,dev,test}.csv; default: the "
+                                     "cached archive, downloaded once (checksums pinned) when there is a network")
+    p.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                   help="download the STS benchmark when it is not cached")
+    p.add_argument("--sts_split", default="test", choices=["dev", "test"])
+    p.add_argument("--golden_set", help="BEIR-layout directory (local or a URL): corpus.jsonl, queries.jsonl, qrels/")
+    p.add_argument("--golden_split", default="test")
+    p.add_argument("--group_field", default=EvaluateConfig.group_field,
+                   help="metadata field grouping golden-set records for within-group ranking")
+    p.add_argument("--queries", type=int, default=EvaluateConfig.queries, help="label-free retrieval queries")
+    p.add_argument("--sample", type=int, default=EvaluateConfig.sample,
+                   help="corpus rows searched: a seeded uniform sample of the whole corpus")
+    p.add_argument("--holdout_permille", type=int, default=EvaluateConfig.holdout_permille,
+                   help="queries come from rows whose id hashes below this (per mille): the trainer's "
+                        "validation split, never trained on")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--encoder_threads", type=int, default=0, help="0: all cores of this machine")
+    p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=True,
+                   help="replace an earlier report in --output")
+    return p
 
 
 def reducer_names(reducers: list[Reducer]) -> list[str]:
@@ -69,33 +102,23 @@ def reducer_names(reducers: list[Reducer]) -> list[str]:
             for n, r in zip(names, reducers)]
 
 
-def load_sample(directory: str, size: int, holdout_permille: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``size`` vectors of the dataset (in shard order) and which of them are held out.
+def load_sample(dataset: EmbeddingDataset, size: int, holdout_permille: int, seed: int = 0) -> dict:
+    """A seeded uniform sample of ``size`` vectors from the whole dataset, and which are held out.
 
     Held-out rows are those of the trainer's validation split (id hash below
     ``holdout_permille``): the autoencoder never trained on them, so they make
-    honest queries.
+    honest queries. Reads every listed shard once (counts checked).
     """
-    import tensorflow as tf
+    from pipelines.common.dataset import in_holdout
 
-    from pipelines.common import records
-    from trainer.data import in_split, open_source
-
-    source = open_source(directory)
-    spec = records.feature_spec(source.dim, with_text=False)
-    vectors, held = [], []
-    n = 0
-    for batch in tf.data.TFRecordDataset(list(source.files)).batch(4096):
-        feats = tf.io.parse_example(batch, spec)
-        take = size - n
-        vectors.append(feats[records.EMBEDDING].numpy()[:take])
-        held.append(in_split(feats[records.ID], True, holdout_permille).numpy()[:take])
-        n += len(vectors[-1])
-        if n >= size:
-            break
-    if not vectors:
-        return np.zeros((0, source.dim), np.float32), np.zeros(0, bool)
-    return np.concatenate(vectors), np.concatenate(held)
+    sample = SmallestKeys(size)
+    for batch in iter_batches([dataset]):
+        held = in_holdout(batch["id"], holdout_permille).numpy()
+        sample.add(seeded_keys(batch["id"], seed), vectors=batch["vector"], held_out=held)
+    rows = sample.result()
+    if not rows:
+        rows = {"vectors": np.zeros((0, dataset.dim), np.float32), "held_out": np.zeros(0, bool)}
+    return {**rows, "corpus_rows": sample.seen}
 
 
 def encode_texts(encoder, texts: list[str], batch: int = 1024) -> np.ndarray:
@@ -193,52 +216,67 @@ def pick_best(report: dict, names: list[str]) -> str | None:
     return max(names, key=lambda n: float(np.mean(scores[n])) if scores[n] else -1.0)
 
 
-def run(argv: list[str] | None = None) -> dict:
-    args = make_parser().parse_args(argv)
-    source_manifest = artifacts.read_manifest(args.embeddings, "embeddings")
-    dim = int(source_manifest["dim"])
-    reducers = [load_reducer(p) for p in args.reducer]
-    for r in reducers:
-        check_input_dim(r, dim, args.embeddings)
-    names = reducer_names(reducers)
-    artifacts.makedirs(args.output)
-    encoder = load_encoder(source_manifest["encoder"], args.encoder_threads or worker_threads(1))
-
-    report: dict = {"embeddings": args.embeddings, "encoder": source_manifest["encoder"], "input_dim": dim,
-                    "reducers": {n: r.summary() for n, r in zip(names, reducers)}, "skipped": {}}
-    cosines = None
+def sts_section(config: EvaluateConfig, encoder, reducers, names, report: dict) -> dict | None:
+    """The STS section into ``report`` (or the reason it is skipped); the pair cosines for the figures."""
     try:
-        splits = sts.load_sts(args.sts_dir, download=not args.no_download)
-        report["sts"] = evaluate_sts(splits[args.sts_split], encoder, reducers, names)
-        report["sts"]["split"] = args.sts_split
-        cosines = report["sts"].pop("_cosines")
+        splits = sts.load_sts(config.sts_dir, download_missing=config.download)
     except sts.DataUnavailableError as e:
         report["skipped"]["sts"] = str(e)
         log.warning("skipping STS: %s", e)
+        return None
+    report["sts"] = {**evaluate_sts(splits[config.sts_split], encoder, reducers, names), "split": config.sts_split}
+    return report["sts"].pop("_cosines")
 
-    sample, held_out = load_sample(args.embeddings, args.sample, args.holdout_permille)
-    if len(sample) >= 2 * K + 1:
-        report["corpus_retrieval"] = evaluate_corpus(sample, held_out, reducers, names, args.queries, args.seed)
-        report["cost"] = evaluate_cost(sample, reducers, names, int(source_manifest["counts"]["embedded"]),
-                                       args.seed)
-    else:
-        report["skipped"]["corpus_retrieval"] = f"only {len(sample)} vectors in {args.embeddings}; need {2 * K + 1}"
 
-    if args.golden_set:
-        golden = golden.load_golden_set(args.golden_set, args.golden_split)
-        report["golden_set"] = {"path": args.golden_set, "split": args.golden_split,
-                                **evaluate_golden(golden, encoder, reducers, names, args.group_field)}
-    else:
-        report["skipped"]["golden_set"] = "no --golden_set given"
+def corpus_sections(config: EvaluateConfig, dataset: EmbeddingDataset, reducers, names, report: dict) -> None:
+    """Label-free retrieval and cost on a uniform sample of the corpus (or the reason they are skipped)."""
+    sample = load_sample(dataset, config.sample, config.holdout_permille, config.seed)
+    vectors = sample["vectors"]
+    if len(vectors) < 2 * K + 1:
+        report["skipped"]["corpus_retrieval"] = f"only {len(vectors)} vectors in {config.embeddings}; need {2 * K + 1}"
+        return
+    report["corpus_retrieval"] = evaluate_corpus(vectors, sample["held_out"], reducers, names, config.queries,
+                                                 config.seed)
+    report["corpus_retrieval"]["corpus_size"] = sample["corpus_rows"]
+    report["cost"] = evaluate_cost(vectors, reducers, names, dataset.records, config.seed)
 
-    report["best_reducer"] = pick_best(report, names)
-    if report["best_reducer"]:
-        report["best_reducer_path"] = reducers[names.index(report["best_reducer"])].path
-    report["figures"] = report_io.write_figures(report, cosines, args.output)
-    artifacts.write_text(artifacts.join(args.output, "report.json"), json.dumps(report, indent=2, sort_keys=True))
-    artifacts.write_text(artifacts.join(args.output, "report.md"), report_io.markdown(report))
-    log.info("report written to %s (best reducer: %s)", args.output, report["best_reducer"])
+
+def run(config: EvaluateConfig, options=None) -> dict:
+    """Score the reducers and write the report into ``config.output``; returns the report."""
+    dataset = EmbeddingDataset.open(config.embeddings)
+    reducers = [load_reducer(p) for p in config.reducer]
+    for r in reducers:
+        check_input_dim(r, dataset.dim, config.embeddings)
+    names = reducer_names(reducers)
+    params = {**config.params(), "embeddings_fingerprint": dataset.fingerprint,
+              "reducers": [r.manifest.get("fingerprint") for r in reducers]}
+    out = OutputDir(config.output, "report", manifests.fingerprint(params), OWNED)
+    with out.claim(config.overwrite):
+        encoder = load_encoder(dataset.encoder, config.encoder_threads or worker_threads(1))
+        report: dict = {"embeddings": config.embeddings, "encoder": dataset.encoder, "input_dim": dataset.dim,
+                        "reducers": {n: r.summary() for n, r in zip(names, reducers)}, "skipped": {}}
+        cosines = sts_section(config, encoder, reducers, names, report)
+        corpus_sections(config, dataset, reducers, names, report)
+        if config.golden_set:
+            gs = golden.load_golden_set(config.golden_set, config.golden_split)
+            report["golden_set"] = {"path": config.golden_set, "split": config.golden_split,
+                                    **evaluate_golden(gs, encoder, reducers, names, config.group_field)}
+        else:
+            report["skipped"]["golden_set"] = "no --golden_set given"
+        report["best_reducer"] = pick_best(report, names)
+        if report["best_reducer"]:
+            report["best_reducer_path"] = reducers[names.index(report["best_reducer"])].path
+        report["figures"] = report_io.write_figures(report, cosines, config.output)
+        files.write_text(files.join(config.output, "report.json"), json.dumps(report, indent=2, sort_keys=True))
+        files.write_text(files.join(config.output, "report.md"), report_io.markdown(report))
+        out.commit({**params, "best_reducer": report["best_reducer"],
+                    "best_reducer_path": report.get("best_reducer_path")})
+    log.info("report written to %s (best reducer: %s)", config.output, report["best_reducer"])
     return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run(cfg.from_namespace(EvaluateConfig, make_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -28,152 +28,159 @@ queries (0.5) turns PCA-128's global nDCG@10 loss from 2.4% into a gain.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
-import shutil
+import os
 import tempfile
 import time
+import uuid
+from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform.beam as tft_beam
-from apache_beam.metrics import Metrics
-from tensorflow_transform.tf_metadata import schema_utils
+from apache_beam.options.pipeline_options import PipelineOptions
 from threadpoolctl import threadpool_limits
-from tfx_bsl.public import tfxio
 
-from pipelines.common import artifacts, records, reducers
-from pipelines.common.artifacts import ArtifactError
+from pipelines.common import config as cfg
+from pipelines.common import files, manifests, reducers
 from pipelines.common.beam_runner import counter_values, create_pipeline, parse_job_args, run_and_wait
+from pipelines.common.dataset import EmbeddingDataset, open_all
+from pipelines.common.errors import ArtifactError, DataError, InputError
+from pipelines.common.outputs import OutputDir
 from transforms import pca as pca_transform
+from transforms.fitting import FitRows, tfxio_source
+from transforms.sinks import DEAD, DEADLETTER_DIR, WriteDeadLetters
 
 log = logging.getLogger(__name__)
 NAMESPACE = "fit_pca"
 TRANSFORM_FN = "transform_fn"
 TRANSFORMED_METADATA = "transformed_metadata"
+OWNED = (f"{TRANSFORM_FN}/*", f"{TRANSFORMED_METADATA}/*", f"{reducers.HEAD_DIR}/*", f"{DEADLETTER_DIR}/*")
+
+
+@dataclass(frozen=True)
+class FitPcaConfig:
+    input: str
+    output: str
+    extra_input: tuple[str, ...] = ()
+    query_input: str | None = None
+    query_share: float = 0.5
+    output_dim: int = 128
+    center: bool = True
+    l2_normalize: bool = False
+    sample_fraction: float | None = None
+    sample_count: int | None = None
+    seed: int = 0
+    batch_size: int = 1000
+    temp_dir: str | None = None
+    overwrite: bool = False
+
+    def params(self) -> dict:
+        return cfg.params(self, exclude=("input", "output", "extra_input", "query_input", "sample_fraction",
+                                         "sample_count", "batch_size", "temp_dir", "overwrite"))
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(allow_abbrev=False, prog="shrink fit-pca", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, help="embedding dataset directory (shards, schema, manifest)")
-    parser.add_argument("--extra_input", action="append", default=[],
-                        help="more embedding datasets fitted on together with --input (e.g. a corpus's increments)")
-    parser.add_argument("--query_input", help="embedding dataset of sample queries the corpus will serve "
-                                              "(e.g. questions), fitted on with weight --query_share")
-    parser.add_argument("--query_share", type=float, default=0.5,
-                        help="share of the fit's rows the repeated --query_input rows make up, in (0, 1)")
-    parser.add_argument("--output", required=True, help="reducer artifact directory to write")
-    parser.add_argument("--output_dim", type=int, default=128, help="kept components, 1..input dim")
-    parser.add_argument("--center", action=argparse.BooleanOptionalAction, default=True,
-                        help="subtract the mean before projecting (default: on)")
-    parser.add_argument("--l2_normalize", action="store_true", help="scale reduced vectors to unit length")
-    sample = parser.add_mutually_exclusive_group()
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="shrink fit-pca", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", required=True, help="embedding dataset directory (output of `shrink embed`)")
+    p.add_argument("--extra_input", action="append", default=[],
+                   help="more embedding datasets fitted on together with --input (e.g. a corpus's increments)")
+    p.add_argument("--query_input", help="embedding dataset of sample queries the corpus will serve "
+                                         "(e.g. questions), fitted on with weight --query_share")
+    p.add_argument("--query_share", type=float, default=FitPcaConfig.query_share,
+                   help="share of the fit's rows the repeated --query_input rows make up, in (0, 1)")
+    p.add_argument("--output", required=True, help="reducer artifact directory (new, empty, or an earlier fit)")
+    p.add_argument("--output_dim", type=int, default=FitPcaConfig.output_dim, help="kept components, 1..input dim")
+    p.add_argument("--center", action=argparse.BooleanOptionalAction, default=True,
+                   help="subtract the mean before projecting")
+    p.add_argument("--l2_normalize", action=argparse.BooleanOptionalAction, default=False,
+                   help="scale reduced vectors to unit length")
+    sample = p.add_mutually_exclusive_group()
     sample.add_argument("--sample_fraction", type=float, help="fit on about this fraction of the rows")
-    sample.add_argument("--sample_count", type=int,
-                        help="fit on about this many rows (fraction = count / rows in the input manifest)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed: same seed, same rows")
-    parser.add_argument("--batch_size", type=int, default=1000, help="rows per Arrow record batch")
-    parser.add_argument("--temp_dir", help="tf.Transform temp dir (default: a local temp dir, removed after)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an output holding a different run")
-    return parser
+    sample.add_argument("--sample_count", type=int, help="fit on about this many rows")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed: same seed, same rows")
+    p.add_argument("--batch_size", type=int, default=FitPcaConfig.batch_size, help="rows per Arrow record batch")
+    p.add_argument("--temp_dir", help="where tf.Transform's temporary files go (default: the system temp dir); "
+                                      "a fresh subdirectory is made there and removed after the fit")
+    p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
+                   help="replace an earlier fit of different parameters in --output")
+    return p
 
 
-def shard_pattern(directory: str) -> str:
-    return artifacts.join(directory, "data-*.tfrecord*")
-
-
-def input_shards(directory: str) -> list[str]:
-    shards = artifacts.list_files(shard_pattern(directory))
-    if not shards:
-        raise ArtifactError(f"{directory} holds no data-*.tfrecord shards")
-    return shards
-
-
-def sample_fraction(opts: argparse.Namespace, source: dict) -> float:
-    if opts.sample_fraction is not None:
-        if not 0 < opts.sample_fraction <= 1:
-            raise ValueError(f"--sample_fraction must be in (0, 1], got {opts.sample_fraction}")
-        return opts.sample_fraction
-    if opts.sample_count is not None:
-        total = (source.get("counts") or {}).get("embedded")
-        if not total:
-            raise ValueError(f"--sample_count needs the input manifest's counts.embedded; use --sample_fraction")
-        if opts.sample_count < 1:
-            raise ValueError("--sample_count must be positive")
-        return min(1.0, opts.sample_count / total)
+def sample_fraction(config: FitPcaConfig, total: int) -> float:
+    """The share of rows to fit on, from --sample_fraction or --sample_count (1 without either)."""
+    if config.sample_fraction is not None:
+        if not 0 < config.sample_fraction <= 1:
+            raise InputError(f"--sample_fraction must be in (0, 1], got {config.sample_fraction}")
+        return config.sample_fraction
+    if config.sample_count is not None:
+        if config.sample_count < 1:
+            raise InputError("--sample_count must be positive")
+        return min(1.0, config.sample_count / max(total, 1))
     return 1.0
-
-
-class _Sample(beam.DoFn):
-    """Keeps a record when a seeded hash of its bytes falls below ``fraction``: reproducible, streaming."""
-
-    def __init__(self, fraction: float, seed: int):
-        self.threshold = int(fraction * 2 ** 64)
-        self.key = seed.to_bytes(8, "little", signed=True)
-
-    def setup(self):
-        self.read = Metrics.counter(NAMESPACE, "read")
-
-    def process(self, record: bytes):
-        self.read.inc()
-        digest = hashlib.blake2b(record, digest_size=8, key=self.key).digest()
-        if int.from_bytes(digest, "little") < self.threshold:
-            yield record
-
-
-class _CountRows(beam.DoFn):
-    """Counts analyzed rows per Arrow record batch (one counter update per batch, not per row)."""
-
-    def setup(self):
-        self.analyzed = Metrics.counter(NAMESPACE, "rows_analyzed")
-
-    def process(self, batch):
-        self.analyzed.inc(batch.num_rows)
-        yield batch
 
 
 def query_repeats(share: float, corpus_rows: int, query_rows: int) -> int:
     """How many times each query row is fitted on so that queries make up ``share`` of all rows."""
     if not 0 < share < 1:
-        raise ValueError(f"--query_share must be in (0, 1), got {share}")
+        raise InputError(f"--query_share must be in (0, 1), got {share}")
     if corpus_rows < 1 or query_rows < 1:
-        raise ValueError("--query_input needs row counts (counts.embedded) in both manifests")
+        raise InputError("--query_input needs rows in both the corpus and the query dataset")
     return max(1, round(share / (1 - share) * corpus_rows / query_rows))
 
 
-def build(p: beam.Pipeline, patterns: list[str], input_dim: int, opts: argparse.Namespace, fraction: float,
-          temp_dir: str, query_pattern: str | None = None, query_repeat: int = 0) -> None:
-    # A schema of the embedding alone: the decoder then skips ids and texts.
-    schema = schema_utils.schema_from_feature_spec(
-        {records.EMBEDDING: tf.io.FixedLenFeature([input_dim], tf.float32)})
-    # One glob, not the list of shards: TFXIO reads each pattern separately and
-    # flattens, and a local runner then buffers every record before the flatten.
-    source = tfxio.TFExampleRecord(file_pattern=patterns, schema=schema,
-                                   telemetry_descriptors=["use-shrink", "fit-pca"])
-    # TFXIO's own RawRecordBeamSource validates the pattern while the graph is
-    # built (a storage round trip on the launcher); the job checked the input.
-    reads = [p | f"ReadRecords{i}" >> beam.io.ReadFromTFRecord(pattern, coder=beam.coders.BytesCoder(),
-                                                                validate=False)
-             for i, pattern in enumerate(patterns)]
-    if query_pattern:
-        reads.append(p | "ReadQueries" >> beam.io.ReadFromTFRecord(query_pattern, coder=beam.coders.BytesCoder(),
-                                                                   validate=False)
-                     | "RepeatQueries" >> beam.FlatMap(lambda record: [record] * query_repeat))
-    raw = reads[0] if len(reads) == 1 else reads | "FlattenInputs" >> beam.Flatten()
-    if fraction < 1:
-        raw = raw | "Sample" >> beam.ParDo(_Sample(fraction, opts.seed))
-    batches = (raw
-               | "ToRecordBatches" >> source.RawRecordToRecordBatch(opts.batch_size)
-               | "CountRows" >> beam.ParDo(_CountRows()))
-    preprocessing_fn = pca_transform.make_preprocessing_fn(opts.output_dim, opts.center, opts.l2_normalize)
+@dataclass(frozen=True)
+class FitInputs:
+    """What a fit reads, checked before any work: datasets, sample fraction and query weighting."""
+    datasets: list[EmbeddingDataset]
+    fraction: float
+    queries: tuple[EmbeddingDataset, int] | None
+
+    @property
+    def dim(self) -> int:
+        return self.datasets[0].dim
+
+    def params(self) -> dict:
+        out = {"inputs": [[files.absolute(d.directory), d.fingerprint] for d in self.datasets],
+               "sample_fraction": self.fraction}
+        if self.queries:
+            out["query_input"] = [files.absolute(self.queries[0].directory), self.queries[0].fingerprint,
+                                  self.queries[1]]
+        return out
+
+
+def open_inputs(config: FitPcaConfig) -> FitInputs:
+    datasets = open_all([config.input, *config.extra_input])
+    total = sum(d.records for d in datasets)
+    if total == 0:
+        raise InputError(f"{config.input} holds no vectors to fit on")
+    if not 1 <= config.output_dim <= datasets[0].dim:
+        raise InputError(f"--output_dim must be in 1..{datasets[0].dim} (the input dimension), "
+                         f"got {config.output_dim}")
+    queries = None
+    if config.query_input:
+        [query] = open_all([config.query_input])
+        if (query.encoder, query.dim) != (datasets[0].encoder, datasets[0].dim):
+            raise ArtifactError(f"--query_input {config.query_input} was not embedded like {config.input} "
+                                "(encoder or dimension)")
+        queries = (query, query_repeats(config.query_share, total, query.records))
+    return FitInputs(datasets, sample_fraction(config, total), queries)
+
+
+def build(p: beam.Pipeline, inputs: FitInputs, config: FitPcaConfig, temp_dir: str) -> None:
+    """rows (sampled, queries repeated, non-finite out) -> tf.Transform analyzers -> transform_fn."""
+    rows = p | "FitRows" >> FitRows(inputs.datasets, NAMESPACE, inputs.fraction, config.seed, inputs.queries,
+                                    config.batch_size)
+    preprocessing_fn = pca_transform.make_preprocessing_fn(config.output_dim, config.center, config.l2_normalize)
     # TF1 graph mode: the written transform_fn is one graph whose named analyzer
     # results (transforms.pca) can be read back to build the plain head.
     with tft_beam.Context(temp_dir=temp_dir, force_tf_compat_v1=True):
-        transform_fn = (batches, source.TensorAdapterConfig()) | "Analyze" >> tft_beam.AnalyzeDataset(
-            preprocessing_fn)
-        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(opts.output)
+        transform_fn = ((rows["batches"], tfxio_source(inputs.datasets).TensorAdapterConfig())
+                        | "Analyze" >> tft_beam.AnalyzeDataset(preprocessing_fn))
+        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(config.output)
+    _ = (rows[DEAD],) | "DeadLetters" >> WriteDeadLetters(config.output)
 
 
 def read_transform_fn(transform_fn_dir: str, probe: np.ndarray) -> tuple[dict, np.ndarray]:
@@ -194,88 +201,80 @@ def read_transform_fn(transform_fn_dir: str, probe: np.ndarray) -> tuple[dict, n
     return values, output
 
 
-def make_head(values: dict, opts: argparse.Namespace, input_dim: int) -> reducers.LinearHead:
-    mean = values[pca_transform.MEAN] if opts.center else np.zeros(input_dim)
-    return reducers.LinearHead(mean, values[pca_transform.MATRIX], opts.l2_normalize)
+def make_head(values: dict, config: FitPcaConfig, input_dim: int) -> reducers.LinearHead:
+    mean = values[pca_transform.MEAN] if config.center else np.zeros(input_dim)
+    return reducers.LinearHead(mean, values[pca_transform.MATRIX], config.l2_normalize)
 
 
-def run(argv: list[str] | None = None) -> dict:
-    opts, options = parse_job_args(make_parser(), argv)
-    source = artifacts.read_manifest(opts.input, kind="embeddings")
-    input_dim = records.schema_dim(records.read_schema(opts.input))
-    if not 1 <= opts.output_dim <= input_dim:
-        raise ValueError(f"--output_dim must be in 1..{input_dim} (the input dimension), got {opts.output_dim}")
-    extra = [artifacts.read_manifest(d, kind="embeddings") for d in opts.extra_input]
-    for d, m in zip(opts.extra_input, extra):
-        if (m.get("encoder"), records.schema_dim(records.read_schema(d))) != (source.get("encoder"), input_dim):
-            raise ArtifactError(f"--extra_input {d} was not embedded like {opts.input} (encoder or dimension)")
-    inputs = [opts.input, *opts.extra_input]
-    shards = [shard for d in inputs for shard in input_shards(d)]
-    total = sum((m.get("counts") or {}).get("embedded", 0) for m in [source, *extra])
-    fraction = sample_fraction(opts, {"counts": {"embedded": total}})
-    query, repeat = None, 0
-    if opts.query_input:
-        query = artifacts.read_manifest(opts.query_input, kind="embeddings")
-        if (query.get("encoder"), records.schema_dim(records.read_schema(opts.query_input))) != \
-                (source.get("encoder"), input_dim):
-            raise ArtifactError(f"--query_input {opts.query_input} was not embedded like {opts.input} "
-                                "(encoder or dimension)")
-        repeat = query_repeats(opts.query_share, total, (query.get("counts") or {}).get("embedded", 0))
-        input_shards(opts.query_input)  # fails clearly when it holds no shards
-    params = {"input": opts.input, "input_fingerprint": source.get("fingerprint"), "output_dim": opts.output_dim,
-              "center": opts.center, "l2_normalize": opts.l2_normalize, "sample_fraction": fraction,
-              "seed": opts.seed}
-    if extra:  # absent for a single input, so those fingerprints are unchanged
-        params["extra_input"] = [[d, m.get("fingerprint")] for d, m in zip(opts.extra_input, extra)]
-    if query:  # likewise absent without queries
-        params["query_input"] = [opts.query_input, query.get("fingerprint"), opts.query_share, repeat]
-    fp = artifacts.fingerprint(params)
-    artifacts.prepare_output(opts.output, fp, opts.overwrite)
-
-    temp_dir = opts.temp_dir or tempfile.mkdtemp(prefix="fit-pca-")
-    start = time.monotonic()
-    try:
-        p = create_pipeline(options)
-        build(p, [shard_pattern(d) for d in inputs], input_dim, opts, fraction, temp_dir,
-              shard_pattern(opts.query_input) if query else None, repeat)
-        # One BLAS thread: the analyzers' float64 x'x and eigh share the cores
-        # with Beam's and TensorFlow's threads; more threads measured slower
-        # (benchmarks/RESULTS.md). Applies to the local, in-process runner.
-        with threadpool_limits(limits=1, user_api="blas"):
-            result = run_and_wait(p)
-    finally:
-        if not opts.temp_dir:
-            shutil.rmtree(temp_dir, ignore_errors=True)
-    elapsed = time.monotonic() - start
+def check_rows(result, inputs: FitInputs, config: FitPcaConfig) -> dict:
+    """Every listed record was read; at least one row was fitted on."""
     counts = counter_values(result, NAMESPACE)
-    rows = counts.get("rows_analyzed", 0)
-    if rows == 0:
-        raise ValueError(f"no rows analyzed from {opts.input} (empty dataset or sample)")
-    if rows <= opts.output_dim:
+    read = counts.get("read", 0)
+    if read != sum(d.records for d in inputs.datasets):
+        raise DataError(f"fit-pca read {read} records, the input manifests list "
+                        f"{sum(d.records for d in inputs.datasets)}: a dataset is damaged; re-create it")
+    if inputs.queries:
+        inputs.queries[0].check_count(counter_values(result, f"{NAMESPACE}_queries").get("read", 0), "fit-pca")
+    if counts.get("rows_analyzed", 0) == 0:
+        raise InputError(f"no rows to fit on in {config.input} (empty sample, or every vector non-finite)")
+    if counts["rows_analyzed"] <= config.output_dim:
         log.warning("only %d rows analyzed for %d components: the trailing components are noise",
-                    rows, opts.output_dim)
+                    counts["rows_analyzed"], config.output_dim)
+    return counts
 
-    probe = np.random.default_rng(opts.seed).normal(size=(8, input_dim)).astype(np.float32)
-    values, expected = read_transform_fn(artifacts.join(opts.output, TRANSFORM_FN), probe)
-    head = make_head(values, opts, input_dim)
+
+def export_head(config: FitPcaConfig, input_dim: int) -> tuple[dict, np.ndarray]:
+    """Build the plain head from the transform_fn, check they agree, save it; the analyzer values."""
+    probe = np.random.default_rng(config.seed).normal(size=(8, input_dim)).astype(np.float32)
+    values, expected = read_transform_fn(files.join(config.output, TRANSFORM_FN), probe)
+    head = make_head(values, config, input_dim)
     got = head(tf.constant(probe)).numpy()
     if not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
         raise RuntimeError(f"the head disagrees with the transform_fn (max diff {np.abs(got - expected).max()})")
-    reducers.save_head(head, opts.output, input_dim)
+    reducers.save_head(head, config.output, input_dim)
+    return values, pca_transform.explained_variance_ratio(values[pca_transform.COVARIANCE],
+                                                          values[pca_transform.MATRIX])
 
-    ratio = pca_transform.explained_variance_ratio(values[pca_transform.COVARIANCE], values[pca_transform.MATRIX])
-    eigenvalues = np.diag(values[pca_transform.MATRIX].T @ values[pca_transform.COVARIANCE]
-                          @ values[pca_transform.MATRIX])
-    manifest = artifacts.write_manifest(opts.output, "pca", {
-        **params, "fingerprint": fp, "input_dim": input_dim,
-        "rows_read": counts.get("read", rows), "rows_analyzed": rows, "explained_variance_ratio": [round(float(r), 8) for r in ratio],
-        "explained_variance_total": float(ratio.sum()), "eigenvalues": [float(v) for v in eigenvalues],
-        "source_shards": shards, "transform_fn": TRANSFORM_FN, "transformed_metadata": TRANSFORMED_METADATA,
-        "head": reducers.HEAD_DIR, "seconds": round(elapsed, 2),
-    })
-    log.info("PCA %d -> %d on %d rows keeps %.1f%% of the variance (%.1fs) -> %s",
-             input_dim, opts.output_dim, rows, 100 * ratio.sum(), elapsed, opts.output)
+
+def run(config: FitPcaConfig, options: PipelineOptions) -> dict:
+    """Fit PCA on the inputs into ``config.output``; returns the manifest."""
+    inputs = open_inputs(config)
+    params = {**config.params(), **inputs.params()}
+    out = OutputDir(config.output, "pca", manifests.fingerprint(params), OWNED)
+    with out.claim(config.overwrite):
+        temp_dir = os.path.join(config.temp_dir or tempfile.gettempdir(), f"fit-pca-{uuid.uuid4().hex[:12]}")
+        start = time.monotonic()
+        try:
+            p = create_pipeline(options)
+            build(p, inputs, config, temp_dir)
+            # One BLAS thread: the analyzers' float64 x'x and eigh share the cores
+            # with Beam's and TensorFlow's threads; more threads measured slower
+            # (benchmarks/RESULTS.md). Applies to the local, in-process runner.
+            with threadpool_limits(limits=1, user_api="blas"):
+                counts = check_rows(run_and_wait(p), inputs, config)
+        finally:
+            if tf.io.gfile.exists(temp_dir):
+                tf.io.gfile.rmtree(temp_dir)
+        elapsed = time.monotonic() - start
+        values, ratio = export_head(config, inputs.dim)
+        eigenvalues = np.diag(values[pca_transform.MATRIX].T @ values[pca_transform.COVARIANCE]
+                              @ values[pca_transform.MATRIX])
+        manifest = out.commit({
+            **params, "input_dim": inputs.dim, "output_dim": config.output_dim,
+            "rows_read": counts.get("read", 0), "rows_analyzed": counts["rows_analyzed"],
+            "rows_non_finite": counts.get("dead_letter_non_finite", 0),
+            "explained_variance_ratio": [round(float(r), 8) for r in ratio],
+            "explained_variance_total": float(ratio.sum()), "eigenvalues": [float(v) for v in eigenvalues],
+            "transform_fn": TRANSFORM_FN, "transformed_metadata": TRANSFORMED_METADATA,
+            "head": reducers.HEAD_DIR, "seconds": round(elapsed, 2)})
+    log.info("PCA %d -> %d on %d rows keeps %.1f%% of the variance (%.1fs) -> %s", inputs.dim, config.output_dim,
+             counts["rows_analyzed"], 100 * ratio.sum(), elapsed, config.output)
     return manifest
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, options = parse_job_args(make_parser(), argv)
+    return run(cfg.from_namespace(FitPcaConfig, args), options)
 
 
 if __name__ == "__main__":

@@ -4,302 +4,190 @@
     shrink reduce --input out/embeddings --reducer out/ae --output out/r.pq --format parquet --dtype float16
     shrink reduce --text_input 'news/*.txt' --reducer out/pca --output out/reduced   # embeds on the fly
 
-Either reducer kind works (the artifact's manifest says which; see
-pipelines.reducers). Records are reduced in fixed-size batches: each batch is
-padded to ``--batch_size`` rows so the matmul kernels, and hence the output
-bytes, never depend on how the runner happened to split the input.
-Unusable records (undecodable, wrong length, NaN/Inf) go to the dead-letter
-output with a reason; read = written + dead_letter or the job fails.
+Either reducer kind works (the artifact's manifest says which). Reads exactly
+the shards the input's manifest lists and checks their record count.
+Unusable records (undecodable, wrong length, NaN/Inf in or out) go to the
+dead-letter output with a reason; read = written + dead_letter or the job
+fails. Same inputs, artifact and batch size give byte-identical outputs.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import time
+from dataclasses import dataclass
 
 import apache_beam as beam
-import numpy as np
-import pyarrow as pa
-import tensorflow as tf
 from apache_beam.io.parquetio import WriteToParquetBatched
-from apache_beam.io.tfrecordio import ReadFromTFRecord
-from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.common import artifacts, records, reducers
-from pipelines.common import deadletter as dl
-from pipelines.common.beam_runner import ProgressLog, counter_values, create_pipeline, parse_job_args, run_and_wait
-from pipelines.embed import processes_per_machine
-from transforms.encoders import DEFAULT_ENCODER
+from pipelines.common import config as cfg
+from pipelines.common import files, manifests, records, reducers
+from pipelines.common.beam_runner import (counter_values, create_pipeline, parse_job_args, processes_per_machine,
+                                          run_and_wait)
+from pipelines.common.dataset import EmbeddingDataset, shard_entries
+from pipelines.common.errors import InputError
+from pipelines.common.outputs import OutputDir
+from transforms import corpus
+from transforms.embedding import EmbedCorpus, EncoderModelHandler, reconcile_embedding
+from transforms.encoders import DEFAULT_ENCODER, validate_spec
+from transforms.reduction import DTYPES, NAMESPACE, BatchVectors, ParseRecords, ReduceBatch, parquet_schema
+from transforms.shards import ReadShards
+from transforms.sinks import DEAD, DEADLETTER_DIR, WriteDeadLetters, reconcile
 
 log = logging.getLogger(__name__)
-NAMESPACE = "reduce"
-DEAD = "dead"
 DATA_PREFIX = "data"
-DEADLETTER_DIR = "deadletter"
-CORRUPT_RECORD = "corrupt_record"
-DTYPES = {"float32": np.float32, "float16": np.float16}
+OWNED = ("data-*", f"{DEADLETTER_DIR}/*", records.SCHEMA_FILE)
+
+
+@dataclass(frozen=True)
+class ReduceConfig:
+    reducer: str
+    output: str
+    input: str | None = None
+    text_input: tuple[str, ...] = ()
+    input_format: str = "auto"
+    text_field: str | None = None
+    id_field: str | None = None
+    encoder: str = DEFAULT_ENCODER
+    embedding_dim: int = 512
+    max_chars: int = 10_000
+    allow_partial_files: bool = False
+    format: str = "tfrecord"
+    dtype: str = "float32"
+    drop_text: bool = False
+    batch_size: int = 1024
+    encoder_threads: int = 0
+    max_batch_size: int = 1024
+    num_shards: int = 0
+    overwrite: bool = False
+
+    def params(self) -> dict:
+        return cfg.params(self, exclude=("output", "encoder_threads", "max_batch_size", "num_shards", "overwrite",
+                                         "input", "reducer"))
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(allow_abbrev=False, prog="shrink reduce", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", help="embedding dataset directory (shards, schema, manifest)")
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="shrink reduce", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="embedding dataset directory (output of `shrink embed`)")
     source.add_argument("--text_input", action="append",
                         help="raw corpus file pattern (repeatable), embedded on the fly as in `shrink embed`")
-    text = parser.add_argument_group("raw text input (with --text_input; same meaning as in `shrink embed`)")
-    text.add_argument("--input_format", default="auto", choices=["auto", "text", "csv", "tsv", "jsonl", "parquet"])
+    text = p.add_argument_group("raw text input (with --text_input; same meaning as in `shrink embed`)")
+    text.add_argument("--input_format", default="auto", choices=["auto", *corpus.FORMATS])
     text.add_argument("--text_field")
     text.add_argument("--id_field")
     text.add_argument("--encoder", default=DEFAULT_ENCODER)
-    text.add_argument("--embedding_dim", type=int, default=512)
+    text.add_argument("--embedding_dim", type=int, default=ReduceConfig.embedding_dim)
+    text.add_argument("--max_chars", type=int, default=ReduceConfig.max_chars)
+    text.add_argument("--allow_partial_files", action=argparse.BooleanOptionalAction, default=False)
     text.add_argument("--encoder_threads", type=int, default=0)
-    text.add_argument("--max_chars", type=int, default=10_000)
-    text.add_argument("--max_batch_size", type=int, default=1024, help="largest encoder batch")
-    parser.add_argument("--reducer", required=True, help="reducer artifact directory (fit-pca or train output)")
-    parser.add_argument("--output", required=True, help="output directory")
-    parser.add_argument("--format", default="tfrecord", choices=["tfrecord", "parquet"])
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES),
-                        help="float16 halves the size; in TFRecords (float lists) values are rounded to float16")
-    parser.add_argument("--drop_text", action="store_true", help="write ids and vectors only")
-    parser.add_argument("--batch_size", type=int, default=1024, help="rows per reducer call")
-    parser.add_argument("--num_shards", type=int, default=0, help="output shards; 0 lets the runner decide")
-    parser.add_argument("--overwrite", action="store_true", help="replace an output holding a different run")
-    return parser
+    text.add_argument("--max_batch_size", type=int, default=ReduceConfig.max_batch_size, help="largest encoder batch")
+    p.add_argument("--reducer", required=True, help="reducer artifact directory (fit-pca or train output)")
+    p.add_argument("--output", required=True, help="output directory (new, empty, or an earlier reduce output)")
+    p.add_argument("--format", default="tfrecord", choices=["tfrecord", "parquet"])
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES),
+                   help="float16 halves the size; in TFRecords (float lists) values are rounded to float16")
+    p.add_argument("--drop_text", action=argparse.BooleanOptionalAction, default=False,
+                   help="write ids and vectors only")
+    p.add_argument("--batch_size", type=int, default=ReduceConfig.batch_size, help="rows per reducer call")
+    p.add_argument("--num_shards", type=int, default=0, help="output shards; 0 lets the runner decide")
+    p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
+                   help="replace an earlier reduce output of different parameters in --output")
+    return p
 
 
-def parquet_schema(dim: int, dtype: str, with_text: bool) -> pa.Schema:
-    value = pa.float16() if dtype == "float16" else pa.float32()
-    fields = [pa.field(records.ID, pa.string(), nullable=False)]
-    if with_text:
-        fields.append(pa.field(records.TEXT, pa.string()))
-    fields.append(pa.field(records.EMBEDDING, pa.list_(value, dim), nullable=False))
-    return pa.schema(fields)
+def read_columns(p: beam.Pipeline, config: ReduceConfig, source: EmbeddingDataset | None,
+                 options: PipelineOptions) -> tuple[beam.PCollection, list]:
+    """Column batches of 512-d vectors: the dataset's shards, or the raw corpus embedded on the fly."""
+    if source is not None:
+        raw = p | "ReadShards" >> ReadShards([source], NAMESPACE, config.batch_size)
+        parsed = raw | "ParseRecords" >> ParseRecords(source.dim, source.has_text)
+        return parsed["columns"], [parsed[DEAD]]
+    read = corpus.ReadCorpus(list(config.text_input), config.input_format, config.text_field, config.id_field,
+                             config.max_chars)
+    handler = EncoderModelHandler(config.encoder, threads=config.encoder_threads or None,
+                                  processes_per_machine=processes_per_machine(options),
+                                  max_batch_size=config.max_batch_size)
+    embedded = p | "EmbedCorpus" >> EmbedCorpus(read, handler, config.embedding_dim)
+    return embedded["vectors"] | "BatchVectors" >> BatchVectors(config.batch_size), [embedded[DEAD]]
 
 
-class ReduceBatch(beam.DoFn):
-    """A batch of serialized records -> its reduced rows (a list of tf.Examples or an Arrow table) + dead letters."""
-
-    def __init__(self, reducer_path: str, input_dim: int, with_text: bool, keep_text: bool,
-                 out_format: str, dtype: str, batch_size: int):
-        self.reducer_path, self.input_dim = reducer_path, input_dim
-        self.with_text, self.keep_text = with_text, keep_text and with_text
-        self.out_format, self.dtype, self.batch_size = out_format, dtype, batch_size
-
-    def setup(self):
-        self.reducer = reducers.load_reducer(self.reducer_path)
-        self.spec = records.feature_spec(self.input_dim, self.with_text)
-        self.schema = parquet_schema(self.reducer.output_dim, self.dtype, self.keep_text)
-        self.encoder = records.BatchEncoder()
-        self.read = Metrics.counter(NAMESPACE, "read")
-        self.written = Metrics.counter(NAMESPACE, "written")
-        self.dead = Metrics.counter(NAMESPACE, "dead_letter")
-        self.progress = ProgressLog("vectors reduced")
-
-    def _dead(self, reason: str, raw: bytes, detail: str, id_: str | None = None):
-        self.dead.inc()
-        Metrics.counter(NAMESPACE, f"dead_letter_{reason}").inc()
-        return beam.pvalue.TaggedOutput(DEAD, dl.dead_letter(reason, "input", raw, id_=id_, detail=detail))
-
-    def _parse(self, batch: list[bytes]):
-        """ids, texts, vectors of the good records; dead letters for the rest."""
-        try:  # fast path: the whole batch in one C++ call
-            parsed = tf.io.parse_example(batch, self.spec)
-            ids = [b.decode("utf-8") for b in parsed[records.ID].numpy()]
-            texts = ([b.decode("utf-8") for b in parsed[records.TEXT].numpy()] if self.with_text
-                     else [None] * len(batch))
-            vectors, raws, dead = parsed[records.EMBEDDING].numpy(), batch, []
-        except (tf.errors.InvalidArgumentError, UnicodeDecodeError):
-            ids, texts, vectors, raws, dead = [], [], [], [], []
-            for raw in batch:
-                try:
-                    row = records.decode_example(raw)
-                except Exception as e:  # noqa: BLE001 - any decoding failure is this record's fault
-                    dead.append(self._dead(CORRUPT_RECORD, raw, f"{type(e).__name__}: {e}"))
-                    continue
-                if row[records.EMBEDDING].shape != (self.input_dim,):
-                    dead.append(self._dead(dl.WRONG_DIMENSION, raw, f"shape {row[records.EMBEDDING].shape}, "
-                                           f"expected ({self.input_dim},)", row[records.ID]))
-                    continue
-                if self.with_text and row[records.TEXT] is None:
-                    dead.append(self._dead(dl.MISSING_FIELD, raw, "no 'text' feature", row[records.ID]))
-                    continue
-                ids.append(row[records.ID])
-                texts.append(row[records.TEXT])
-                vectors.append(row[records.EMBEDDING])
-                raws.append(raw)
-            vectors = np.asarray(vectors, np.float32).reshape(-1, self.input_dim)
-        finite = np.isfinite(vectors).all(axis=1)
-        for i in np.flatnonzero(~finite):
-            dead.append(self._dead(dl.NON_FINITE, raws[i], "NaN or Inf in the vector", ids[i]))
-        keep = np.flatnonzero(finite)
-        return [ids[i] for i in keep], [texts[i] for i in keep], vectors[keep], dead
-
-    def _reduce(self, vectors: np.ndarray) -> np.ndarray:
-        """Reducer output for ``vectors``, computed in fixed-shape batches (see module docstring)."""
-        out = []
-        for start in range(0, len(vectors), self.batch_size):
-            chunk = vectors[start:start + self.batch_size]
-            padded = np.zeros((self.batch_size, self.input_dim), np.float32)
-            padded[:len(chunk)] = chunk
-            out.append(self.reducer(padded)[:len(chunk)])
-        reduced = np.concatenate(out) if out else np.zeros((0, self.reducer.output_dim), np.float32)
-        return reduced.astype(DTYPES[self.dtype])
-
-    def process(self, batch):
-        self.read.inc(len(batch))
-        ids, texts, vectors, dead = self._parse(list(batch))
-        yield from dead
-        if not ids:
-            return
-        reduced = self._reduce(vectors)
-        self.written.inc(len(ids))
-        self.progress.add(len(ids))
-        if self.out_format == "parquet":
-            columns = {records.ID: ids}
-            if self.keep_text:
-                columns[records.TEXT] = texts
-            flat = pa.array(reduced.reshape(-1), type=self.schema.field(records.EMBEDDING).type.value_type)
-            columns[records.EMBEDDING] = pa.FixedSizeListArray.from_arrays(flat, self.reducer.output_dim)
-            yield pa.Table.from_pydict(columns, schema=self.schema)
-        else:
-            yield self.encoder.encode(ids, reduced, texts if self.keep_text else None)
-
-class ReduceRecords(beam.PTransform):
-    """Serialized embedding records -> ``{'rows': output elements, 'dead': JSON lines}``."""
-
-    def __init__(self, fn: ReduceBatch):
-        super().__init__()
-        self.fn = fn
-
-    def expand(self, raw):
-        out = (raw
-               | "Batch" >> beam.BatchElements(min_batch_size=self.fn.batch_size, max_batch_size=self.fn.batch_size)
-               | "Reduce" >> beam.ParDo(self.fn).with_outputs(DEAD, main="rows"))
-        return {"rows": out.rows, DEAD: out[DEAD]}
-
-
-def reconcile(counts: dict[str, int]) -> dict[str, int]:
-    full = {k: counts.get(k, 0) for k in ("read", "written", "dead_letter")}
-    full.update({k: v for k, v in counts.items() if k.startswith("dead_letter_")})
-    if full["read"] != full["written"] + full["dead_letter"]:
-        raise RuntimeError(f"counts do not reconcile: read {full['read']} != written + dead_letter ({full})")
-    return full
-
-
-def _dataset_params(opts: argparse.Namespace) -> tuple[dict, int, bool]:
-    """Params, vector dim and has-text of the --input dataset, checked before the job starts."""
-    source = artifacts.read_manifest(opts.input, kind="embeddings")
-    schema = records.read_schema(opts.input)
-    shards = artifacts.list_files(artifacts.join(opts.input, "data-*.tfrecord*"))
-    if not shards:
-        raise artifacts.ArtifactError(f"{opts.input} holds no data-*.tfrecord shards")
-    params = {"input": opts.input, "input_fingerprint": source.get("fingerprint"), "source_shards": shards}
-    return params, records.schema_dim(schema), any(f.name == records.TEXT for f in schema.feature)
-
-
-class EmbedText(beam.PTransform):
-    """Raw corpus -> ``{'records': serialized 512-d records, 'dead': JSON lines}``, as `shrink embed` does."""
-
-    def __init__(self, opts: argparse.Namespace, processes_per_machine: int):
-        super().__init__()
-        self.opts, self.processes_per_machine = opts, processes_per_machine
-
-    def expand(self, pbegin):
-        from pipelines import embed
-        from transforms.encoders import EncoderModelHandler
-
-        opts = self.opts
-        handler = EncoderModelHandler(opts.encoder, threads=opts.encoder_threads or None,
-                                      processes_per_machine=self.processes_per_machine,
-                                      max_batch_size=opts.max_batch_size)
-        corpus = pbegin | "ReadCorpus" >> embed.ReadCorpus(opts.text_input, opts.input_format, opts.text_field,
-                                                          opts.id_field, opts.max_chars)
-        deduped = corpus["records"] | "Deduplicate" >> embed.Deduplicate()
-        embedded = deduped.unique | "Embed" >> embed.EmbedSentences(handler, opts.embedding_dim)
-        serialized = embedded["vectors"] | "ToExample" >> beam.MapTuple(
-            lambda id_, text, vec: records.encode_example(id_, vec, text))
-        dead = (corpus[embed.DEAD], deduped[embed.DEAD], embedded[embed.DEAD]) | "EmbedDead" >> beam.Flatten()
-        return {"records": serialized, DEAD: dead}
-
-
-def _text_params(opts: argparse.Namespace) -> dict:
-    from transforms.encoders import validate_spec
-    from transforms.corpus import check_patterns
-
-    validate_spec(opts.encoder)
-    check_patterns(opts.text_input)
-    return {"text_input": opts.text_input, "input_format": opts.input_format, "text_field": opts.text_field,
-            "id_field": opts.id_field, "encoder": opts.encoder, "max_chars": opts.max_chars}
-
-
-def build(p: beam.Pipeline, opts: argparse.Namespace, fn: ReduceBatch, output_dim: int, keep_text: bool,
-          processes_per_machine: int = 1) -> None:
-    """The reduce pipeline: read (shards, or raw text embedded on the fly), reduce in batches, write."""
-    dead = []
-    if opts.input:
-        raw = p | "Read" >> ReadFromTFRecord(artifacts.join(opts.input, "data-*.tfrecord*"), validate=False)
+def build(p: beam.Pipeline, config: ReduceConfig, source: EmbeddingDataset | None, reducer: reducers.Reducer,
+          keep_text: bool, options: PipelineOptions) -> None:
+    """read (shards or raw text) -> reduce in fixed-size calls -> TFRecord or Parquet, and dead letters."""
+    columns, dead = read_columns(p, config, source, options)
+    fn = ReduceBatch(config.reducer, keep_text, config.format, config.dtype, config.batch_size)
+    reduced = columns | "Reduce" >> beam.ParDo(fn).with_outputs(DEAD, main="rows")
+    prefix = files.join(config.output, DATA_PREFIX)
+    if config.format == "parquet":
+        _ = reduced.rows | "WriteParquet" >> WriteToParquetBatched(
+            prefix, schema=parquet_schema(reducer.output_dim, config.dtype, keep_text),
+            file_name_suffix=".parquet", num_shards=config.num_shards)
     else:
-        embedded = p | "EmbedText" >> EmbedText(opts, processes_per_machine)
-        raw, dead = embedded["records"], [embedded[DEAD]]
-    reduced = raw | "ReduceRecords" >> ReduceRecords(fn)
-    prefix = artifacts.join(opts.output, DATA_PREFIX)
-    if opts.format == "parquet":
-        _ = reduced["rows"] | "WriteParquet" >> WriteToParquetBatched(
-            prefix, schema=parquet_schema(output_dim, opts.dtype, keep_text),
-            file_name_suffix=".parquet", num_shards=opts.num_shards)
-    else:
-        _ = reduced["rows"] | "WriteTFRecord" >> records.write_tfrecord_batches(prefix, opts.num_shards)
-    _ = ((reduced[DEAD], *dead)
-         | "AllDeadLetters" >> beam.Flatten()
-         | "WriteDeadLetters" >> beam.io.WriteToText(
-             artifacts.join(opts.output, DEADLETTER_DIR, "deadletter"), file_name_suffix=".jsonl"))
+        _ = reduced.rows | "WriteTFRecord" >> records.write_tfrecord_batches(prefix, config.num_shards)
+    _ = (reduced[DEAD], *dead) | "DeadLetters" >> WriteDeadLetters(config.output)
 
 
-def run(argv: list[str] | None = None) -> dict:
-    opts, options = parse_job_args(make_parser(), argv)
-    if opts.batch_size < 1:
-        raise ValueError("--batch_size must be positive")
-    if opts.input:
-        source_params, input_dim, with_text = _dataset_params(opts)
-    else:
-        source_params, input_dim, with_text = _text_params(opts), opts.embedding_dim, True
-    data_path = opts.input or ", ".join(opts.text_input)
-    reducer = reducers.load_reducer(opts.reducer)
-    reducers.check_input_dim(reducer, input_dim, data_path)
-    keep_text = with_text and not opts.drop_text
+def check_counts(result, config: ReduceConfig, source: EmbeddingDataset | None) -> dict:
+    """Reconciled counts: every vector read (or embedded from text) was written or dead-lettered."""
+    reduced = counter_values(result, NAMESPACE)
+    if source is not None:
+        counts = reconcile(reduced, "read", ("written", "dead_letter"))
+        source.check_count(counts["read"], "reduce")
+        return counts
+    embedded = reconcile_embedding(counter_values(result, corpus.NAMESPACE), config.allow_partial_files,
+                                   files.join(config.output, DEADLETTER_DIR))
+    return {**reconcile({**reduced, "read": embedded["embedded"]}, "read", ("written", "dead_letter")),
+            "embed": embedded}
 
-    params = {**{k: v for k, v in source_params.items() if k != "source_shards"}, "reducer": opts.reducer,
-              "reducer_fingerprint": reducer.manifest.get("fingerprint"),
-              "reducer_created": reducer.manifest.get("created_utc"), "format": opts.format,
-              "dtype": opts.dtype, "drop_text": opts.drop_text, "batch_size": opts.batch_size}
-    fp = artifacts.fingerprint(params)
-    artifacts.prepare_output(opts.output, fp, opts.overwrite)
 
-    fn = ReduceBatch(opts.reducer, input_dim, with_text, keep_text, opts.format, opts.dtype, opts.batch_size)
-    start = time.monotonic()
-    p = create_pipeline(options)
-    build(p, opts, fn, reducer.output_dim, keep_text, processes_per_machine(options))
-    result = run_and_wait(p)
-    elapsed = time.monotonic() - start
+def open_inputs(config: ReduceConfig) -> tuple[EmbeddingDataset | None, reducers.Reducer, dict]:
+    """The source dataset (or None for raw text), the reducer, and the run's parameters; all checked."""
+    if config.batch_size < 1:
+        raise InputError("--batch_size must be positive")
+    source = EmbeddingDataset.open(config.input) if config.input else None
+    if source is None:
+        validate_spec(config.encoder)
+        corpus.check_patterns(config.text_input)
+    reducer = reducers.load_reducer(config.reducer)
+    reducers.check_input_dim(reducer, source.dim if source else config.embedding_dim,
+                             config.input or ", ".join(config.text_input))
+    params = {**config.params(), "reducer": files.absolute(config.reducer),
+              "reducer_fingerprint": reducer.manifest.get("fingerprint")}
+    if source is not None:
+        params.update(input=files.absolute(config.input), input_fingerprint=source.fingerprint)
+    return source, reducer, params
 
-    counts = reconcile(counter_values(result, NAMESPACE))
-    if opts.text_input:
-        from pipelines import embed
-        counts["embed"] = embed.reconcile(counter_values(result, embed.NAMESPACE))
-    if opts.format == "tfrecord":
-        records.write_schema(records.make_schema(reducer.output_dim, keep_text), opts.output)
-    manifest = artifacts.write_manifest(opts.output, "reduced", {
-        **params, "fingerprint": fp, "dim": reducer.output_dim, "input_dim": input_dim,
-        "reducer_summary": reducer.summary(), "counts": counts, "seconds": round(elapsed, 2),
-        "vectors_per_second": round(counts["written"] / max(elapsed, 1e-9), 1),
-        "source_shards": source_params.get("source_shards", []),
-        "shards": artifacts.list_files(artifacts.join(opts.output, f"{DATA_PREFIX}-*")),
-        "deadletter": artifacts.list_files(artifacts.join(opts.output, DEADLETTER_DIR, "*")),
-    })
-    log.info("reduced %d vectors %d -> %d (%d dead-lettered) in %.1fs -> %s", counts["written"], input_dim,
-             reducer.output_dim, counts["dead_letter"], elapsed, opts.output)
+
+def run(config: ReduceConfig, options: PipelineOptions) -> dict:
+    """Reduce the input into ``config.output``; returns the manifest."""
+    source, reducer, params = open_inputs(config)
+    keep_text = (source.has_text if source else True) and not config.drop_text
+    out = OutputDir(config.output, "reduced", manifests.fingerprint(params), OWNED)
+    with out.claim(config.overwrite):
+        start = time.monotonic()
+        p = create_pipeline(options)
+        build(p, config, source, reducer, keep_text, options)
+        counts = check_counts(run_and_wait(p), config, source)
+        elapsed = time.monotonic() - start
+        if config.format == "tfrecord":
+            records.write_schema(records.make_schema(reducer.output_dim, keep_text), config.output)
+        shards = files.list_files(files.join(config.output, f"{DATA_PREFIX}-*"))
+        manifest = out.commit({
+            **params, "dim": reducer.output_dim, "input_dim": reducer.input_dim, "has_text": keep_text,
+            "encoder": source.encoder if source else config.encoder, "reducer_summary": reducer.summary(),
+            "counts": counts, "records": counts["written"], "shards": shard_entries(config.output, shards),
+            "seconds": round(elapsed, 2), "vectors_per_second": round(counts["written"] / max(elapsed, 1e-9), 1)})
+    log.info("reduced %d vectors %d -> %d (%d dead-lettered) in %.1fs -> %s", counts["written"], reducer.input_dim,
+             reducer.output_dim, counts["dead_letter"], elapsed, config.output)
     return manifest
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, options = parse_job_args(make_parser(), argv)
+    return run(cfg.from_namespace(ReduceConfig, args), options)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""One command from corpus to a 128-d corpus and a report.
+"""run: from a corpus to a reduced corpus and a report, in one re-runnable command.
 
     shrink run --input 'corpus/*.txt' --workdir out
     shrink run --input news.csv --text_field headline --workdir out --runner DataflowRunner ...
@@ -6,10 +6,11 @@
 
 Steps, each writing into ``--workdir``: embed -> fit-pca and train ->
 evaluate (picks the best reducer unless ``--reducer`` names one) -> reduce.
-Beam pipeline options are passed to every Beam step.
+Each step is a job called with a typed config (``<job>.run(config,
+options)``); Beam pipeline options go to the Beam steps.
 
 Every finished step is recorded in ``<workdir>/run_manifest.json`` with a key
-made of its parameters and the identity of its inputs (file sizes and
+made of its config and the identity of its inputs (file sizes and
 modification times for the corpus, upstream manifests for the rest). A re-run
 skips a step whose key is unchanged and whose output is complete, and redoes
 it (and so everything downstream) otherwise; an interrupted run therefore
@@ -24,21 +25,58 @@ everything and the whole corpus is reduced again).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
 
-from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.common import artifacts
+from pipelines import embed, evaluate, fit_pca, reduce
+from pipelines.common import config as cfg
+from pipelines.common import files, manifests
 from pipelines.common.beam_runner import check_beam_args
+from pipelines.common.dataset import EmbeddingDataset
+from pipelines.common.errors import InputError
+from pipelines.common.outputs import locked, remove_output
+from pipelines.common.reducers import load_reducer
+from pipelines.common.steps import RunState, Step, input_identity
+from pipelines.evaluation import drift
+from trainer import task
 
 log = logging.getLogger(__name__)
-RUN_MANIFEST = "run_manifest.json"
 DRIFT_SAMPLE = 5000
 MIN_DRIFT_ROWS = 20  # fewer new vectors make too few pairs for a meaningful fidelity
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    input: tuple[str, ...]
+    workdir: str
+    input_format: str = "auto"
+    text_field: str | None = None
+    id_field: str | None = None
+    encoder: str = embed.EmbedConfig.encoder
+    allow_partial_files: bool = False
+    output_dim: int = 128
+    reducer: str = "best"
+    epochs: int | None = None
+    train_arg: tuple[str, ...] = ()
+    pca_arg: tuple[str, ...] = ()
+    format: str = "tfrecord"
+    dtype: str = "float32"
+    drop_text: bool = False
+    sts_dir: str | None = None
+    download: bool = True
+    golden_set: str | None = None
+    queries: int = 1000
+    query_sample: tuple[str, ...] = ()
+    query_share: float = 0.5
+    incremental: bool = False
+    drift_threshold: float = 0.02
+    refit_on_drift: bool = False
+    force: bool = False
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -47,35 +85,38 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", action="append", required=True, help="corpus file pattern (repeatable)")
     p.add_argument("--workdir", required=True,
                    help="directory for every step's output: local, or any URL Beam and TensorFlow reach (gs://...)")
-    p.add_argument("--input_format", default="auto")
-    p.add_argument("--text_field")
-    p.add_argument("--id_field")
-    p.add_argument("--encoder", default="use-m3")
-    p.add_argument("--output_dim", type=int, default=128,
+    p.add_argument("--input_format", default="auto", help="as in `shrink embed`")
+    p.add_argument("--text_field", help="as in `shrink embed`")
+    p.add_argument("--id_field", help="as in `shrink embed`")
+    p.add_argument("--encoder", default=RunConfig.encoder, help="as in `shrink embed`")
+    p.add_argument("--allow_partial_files", action=argparse.BooleanOptionalAction, default=False,
+                   help="as in `shrink embed`")
+    p.add_argument("--output_dim", type=int, default=RunConfig.output_dim,
                    help="dimension of both reducers' vectors (the autoencoder's code size unless --train_arg "
                         "sets --sizes)")
     p.add_argument("--reducer", choices=["best", "pca", "autoencoder"], default="best",
                    help="reducer for the output corpus; best = highest mean of STS fidelity and corpus nDCG@10")
-    p.add_argument("--epochs", type=int, help="autoencoder epochs (default: the trainer's)")
+    p.add_argument("--epochs", type=int, help="most autoencoder epochs (default: the trainer's)")
     p.add_argument("--train_arg", action="append", default=[],
                    help="extra trainer flag, e.g. --train_arg=--similarity_weight=1 (repeatable)")
     p.add_argument("--pca_arg", action="append", default=[],
                    help="extra fit-pca flag, e.g. --pca_arg=--no-center (repeatable)")
     p.add_argument("--format", choices=["tfrecord", "parquet"], default="tfrecord")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
-    p.add_argument("--drop_text", action="store_true")
-    p.add_argument("--sts_dir")
-    p.add_argument("--no_download", action="store_true", help="never download the STS benchmark")
-    p.add_argument("--golden_set")
-    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--drop_text", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--sts_dir", help="as in `shrink evaluate`")
+    p.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                   help="download the STS benchmark when it is not cached")
+    p.add_argument("--golden_set", help="as in `shrink evaluate`")
+    p.add_argument("--queries", type=int, default=RunConfig.queries, help="label-free retrieval queries")
     p.add_argument("--query_sample", action="append", default=[],
                    help="file pattern of sample queries the corpus will serve, e.g. questions (repeatable; "
                         "read with --text_field, format by extension): PCA is fitted on them too (query-aware)")
-    p.add_argument("--query_share", type=float, default=0.5,
+    p.add_argument("--query_share", type=float, default=RunConfig.query_share,
                    help="share of PCA's fitting rows the --query_sample rows make up")
     p.add_argument("--incremental", action="store_true",
                    help="embed and reduce only the corpus's new sentences, extending a finished run")
-    p.add_argument("--drift_threshold", type=float, default=0.02,
+    p.add_argument("--drift_threshold", type=float, default=RunConfig.drift_threshold,
                    help="drift when the reducer's pair fidelity on new data is this much below its fitting data")
     p.add_argument("--refit_on_drift", action="store_true",
                    help="with --incremental: on drift, refit both reducers on everything and reduce it all again")
@@ -83,268 +124,214 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-@dataclass
-class Step:
-    name: str
-    output: str
-    key: dict
-    action: Callable[[], object]
-    done_file: str = artifacts.MANIFEST
-
-
-def output_identity(directory: str, done_file: str = artifacts.MANIFEST) -> dict:
-    """What a downstream step depends on: the upstream manifest's fingerprint and creation time."""
-    body = json.loads(artifacts.read_text(artifacts.join(directory, done_file)))
-    return {"fingerprint": body.get("fingerprint"), "created_utc": body.get("created_utc")}
-
-
-def input_identity(patterns: list[str]) -> list:
-    """Sizes and modification times of the corpus files: a changed corpus redoes everything."""
-    files = []
-    for result in FileSystems.match(patterns):
-        files += [(m.path, m.size_in_bytes, m.last_updated_in_seconds) for m in result.metadata_list]
-    return sorted(files)
-
-
-class RunState:
-    """``run_manifest.json``: every finished step's key and outcome, and the corpus's increments."""
-
-    def __init__(self, workdir: str):
-        self.path = artifacts.join(workdir, RUN_MANIFEST)
-        self.steps: dict = {}
-        self.increments: list[dict] = []
-        if artifacts.exists(self.path):
-            body = json.loads(artifacts.read_text(self.path))
-            self.steps, self.increments = body.get("steps", {}), body.get("increments", [])
-
-    def is_done(self, step: Step) -> bool:
-        record = self.steps.get(step.name)
-        return (record is not None and record["key"] == artifacts.fingerprint(step.key)
-                and artifacts.exists(artifacts.join(step.output, step.done_file)))
-
-    def record(self, step: Step, seconds: float) -> None:
-        self.steps[step.name] = {"key": artifacts.fingerprint(step.key), "output": step.output,
-                                 "seconds": round(seconds, 2),
-                                 "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        self.save()
-
-    def save(self) -> None:
-        artifacts.write_text(self.path, json.dumps({"steps": self.steps, "increments": self.increments},
-                                                   indent=2, sort_keys=True))
+def step_overrides(parser: argparse.ArgumentParser, extra: tuple[str, ...], what: str) -> dict:
+    """The flags ``extra`` sets in a step's parser, as config fields (a typo is a usage error now)."""
+    required = ["--input", "-", "--output", "-"]
+    defaults = vars(parser.parse_args(required))
+    given, unknown = parser.parse_known_args([*required, *extra])
+    if unknown:
+        parser.error(f"{what}: unrecognized arguments: {' '.join(unknown)} (pass Beam options to run itself)")
+    overrides = {k: v for k, v in vars(given).items() if v != defaults[k]}
+    if {"input", "output", "extra_input"} & overrides.keys():
+        parser.error(f"{what} cannot set --input/--output/--extra_input: run decides them")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
 
 
 class Flow:
     """The steps of one ``run`` invocation over a work directory."""
 
-    def __init__(self, args: argparse.Namespace, beam_args: list[str]):
-        self.args, self.beam_args = args, beam_args
-        self.state = RunState(args.workdir)
+    def __init__(self, config: RunConfig, options: PipelineOptions, beam_args: list[str]):
+        self.config, self.options, self.beam_args = config, options, beam_args
+        self.state = RunState(config.workdir)
         self.ran: list[str] = []
+        self.pca_overrides = step_overrides(fit_pca.make_parser(), config.pca_arg, "--pca_arg")
+        self.train_overrides = step_overrides(task.build_parser(), config.train_arg, "--train_arg")
 
     def path(self, *parts: str) -> str:
-        return artifacts.join(self.args.workdir, *parts)
+        return files.join(self.config.workdir, *parts)
 
-    def execute(self, step: Step) -> bool:
-        """Run ``step`` unless it is done; True if it ran."""
-        if not self.args.force and self.state.is_done(step):
-            log.info("step %s: unchanged, skipped (%s)", step.name, step.output)
-            return False
-        log.info("step %s: running -> %s", step.name, step.output)
-        start = time.monotonic()
-        step.action()
-        self.state.record(step, time.monotonic() - start)
-        self.ran.append(step.name)
-        return True
-
-    def embed_argv(self, output: str, previous: list[str] = (), queries: bool = False) -> list[str]:
-        a = self.args
-        if queries:  # a sample of queries: its own files, formats told by extension, ids from the text
-            return [x for i in a.query_sample for x in ("--input", i)] + [
-                "--output", output, "--encoder", a.encoder, *(["--text_field", a.text_field] if a.text_field else [])]
-        return [x for i in a.input for x in ("--input", i)] + [
-            "--output", output, "--input_format", a.input_format, "--encoder", a.encoder,
-            *(["--text_field", a.text_field] if a.text_field else []),
-            *(["--id_field", a.id_field] if a.id_field else []),
-            *[x for d in previous for x in ("--previous", d)]]
+    def execute(self, name: str, output: str, key_config, inputs: list, action) -> bool:
+        """Run a step (``output`` relative to the workdir) unless its config and inputs are unchanged."""
+        key = {"config": dataclasses.asdict(key_config), "inputs": inputs, "beam": self.beam_args}
+        ran = self.state.execute(Step(name, output, key, action), self.config.force)
+        if ran:
+            self.ran.append(name)
+        return ran
 
     def embed(self, name: str, output: str, previous: list[str] = (), queries: bool = False) -> bool:
-        from pipelines import embed
-
-        argv = self.embed_argv(output, previous, queries)
-        files = self.args.query_sample if queries else self.args.input
-        key = {"argv": argv, "beam": self.beam_args, "files": input_identity(files),
-               "previous": [output_identity(d) for d in previous]}
-        return self.execute(Step(name, output, key, lambda: embed.run(argv + ["--overwrite", *self.beam_args])))
+        c = self.config
+        config = embed.EmbedConfig(
+            input=c.query_sample if queries else c.input, output=self.path(output),
+            input_format="auto" if queries else c.input_format, text_field=c.text_field,
+            id_field=None if queries else c.id_field, encoder=c.encoder, previous=tuple(previous),
+            allow_partial_files=c.allow_partial_files, overwrite=True)
+        inputs = [input_identity(config.input), [manifests.identity(d) for d in previous]]
+        return self.execute(name, output, config, inputs, lambda: embed.run(config, self.options))
 
     def datasets(self) -> list[str]:
-        """Every embedding dataset of the corpus: the first run's and each increment's."""
-        return [self.path("embeddings")] + [i["embeddings"] for i in self.state.increments]
+        """Every embedding dataset of the corpus (relative paths): the first run's and each increment's."""
+        return ["embeddings"] + [i["embeddings"] for i in self.state.increments]
 
-    def fit_and_evaluate(self) -> str:
-        """Fit both reducers on every dataset, evaluate them; the path of the reducer to use."""
-        from pipelines import evaluate, fit_pca
-        from trainer import task
+    def fit(self) -> None:
+        """Fit both reducers on every dataset of the corpus (and the query sample, when given)."""
+        c, data = self.config, [self.path(d) for d in self.datasets()]
+        identities = [manifests.identity(d) for d in data]
+        pca = fit_pca.FitPcaConfig(input=data[0], extra_input=tuple(data[1:]), output=self.path("pca"),
+                                   output_dim=c.output_dim, temp_dir=self.path("tmp"), overwrite=True)
+        if c.query_sample:
+            self.embed("embed-queries", "query_embeddings", queries=True)
+            pca = dataclasses.replace(pca, query_input=self.path("query_embeddings"), query_share=c.query_share)
+            identities = identities + [manifests.identity(self.path("query_embeddings"))]
+        pca = dataclasses.replace(pca, **self.pca_overrides)
+        self.execute("fit-pca", "pca", pca, identities, lambda: fit_pca.run(pca, self.options))
+        train = task.TrainConfig(input=data[0], extra_input=tuple(data[1:]), output=self.path("autoencoder"),
+                                 sizes=(max(256, c.output_dim), c.output_dim), overwrite=True,
+                                 **({"epochs": c.epochs} if c.epochs else {}))
+        train = dataclasses.replace(train, **self.train_overrides)
+        self.execute("train", "autoencoder", train, identities[:len(data)], lambda: task.train(train))
 
-        a, data = self.args, self.datasets()
-        extra = [x for d in data[1:] for x in ("--extra_input", d)]
-        data_ids = [output_identity(d) for d in data]
-        pca_argv = ["--input", data[0], *extra, "--output", self.path("pca"), "--output_dim", str(a.output_dim),
-                    "--temp_dir", self.path("tmp"), *a.pca_arg]
-        pca_data = list(data_ids)
-        if a.query_sample:
-            self.embed("embed-queries", self.path("query_embeddings"), queries=True)
-            pca_argv += ["--query_input", self.path("query_embeddings"), "--query_share", str(a.query_share)]
-            pca_data.append(output_identity(self.path("query_embeddings")))
-        train_argv = ["--input", data[0], *extra, "--output", self.path("autoencoder"),
-                      *code_size_args(a.output_dim), *(["--epochs", str(a.epochs)] if a.epochs else []),
-                      *a.train_arg]
-        self.execute(Step("fit-pca", self.path("pca"), {"argv": pca_argv, "beam": self.beam_args, "data": pca_data},
-                          lambda: fit_pca.run(pca_argv + ["--overwrite", *self.beam_args])))
-        self.execute(Step("train", self.path("autoencoder"), {"argv": train_argv, "data": data_ids},
-                          lambda: task.run(train_argv + ["--overwrite"])))
-        eval_argv = ["--embeddings", data[0], "--reducer", self.path("pca"), "--reducer", self.path("autoencoder"),
-                     "--output", self.path("report"), "--queries", str(a.queries),
-                     *(["--sts_dir", a.sts_dir] if a.sts_dir else []),
-                     *(["--no_download"] if a.no_download else []),
-                     *(["--golden_set", a.golden_set] if a.golden_set else [])]
-        reducers = {n: output_identity(self.path(n)) for n in ("pca", "autoencoder")}
-        self.execute(Step("evaluate", self.path("report"), {"argv": eval_argv, "reducers": reducers,
-                                                            "data": data_ids},
-                          lambda: evaluate.run(eval_argv), done_file="report.json"))
-        if a.reducer != "best":
-            return self.path(a.reducer if a.reducer == "pca" else "autoencoder")
-        chosen = json.loads(artifacts.read_text(self.path("report", "report.json"))).get("best_reducer_path")
+    def evaluate_and_choose(self) -> str:
+        """Evaluate both reducers on the first dataset; the path of the reducer to use."""
+        c = self.config
+        config = evaluate.EvaluateConfig(
+            embeddings=self.path("embeddings"), reducer=(self.path("pca"), self.path("autoencoder")),
+            output=self.path("report"), sts_dir=c.sts_dir, download=c.download, golden_set=c.golden_set,
+            queries=c.queries)
+        inputs = [manifests.identity(self.path(d)) for d in ("embeddings", "pca", "autoencoder")]
+        self.execute("evaluate", "report", config, inputs, lambda: evaluate.run(config))
+        if c.reducer != "best":
+            return self.path("pca" if c.reducer == "pca" else "autoencoder")
+        chosen = manifests.read(self.path("report"), "report").get("best_reducer_path")
         if not chosen:
-            raise RuntimeError("no reducer could be chosen: the report has neither STS nor corpus retrieval "
-                               "results; pass --reducer pca or --reducer autoencoder")
+            raise InputError("no reducer could be chosen: the report has neither STS nor corpus retrieval "
+                             "results; pass --reducer pca or --reducer autoencoder")
         return chosen
 
     def reduce_all(self, reducer: str) -> None:
         """Reduce every dataset of the corpus with ``reducer`` (steps whose inputs are unchanged are skipped)."""
-        from pipelines import reduce
-
-        a = self.args
-        targets = [("reduce", self.path("embeddings"), self.path("reduced"))] + [
+        c = self.config
+        targets = [("reduce", "embeddings", "reduced")] + [
             (f"reduce-{i['name']}", i["embeddings"], i["reduced"]) for i in self.state.increments]
         for name, data, output in targets:
-            argv = ["--input", data, "--reducer", reducer, "--output", output, "--format", a.format,
-                    "--dtype", a.dtype, *(["--drop_text"] if a.drop_text else [])]
-            key = {"argv": argv, "beam": self.beam_args, "data": output_identity(data),
-                   "reducer": output_identity(reducer)}
-            self.execute(Step(name, output, key, lambda argv=argv: reduce.run(argv + ["--overwrite",
-                                                                                    *self.beam_args])))
-        self.state.steps["reduce"]["reducer"] = reducer
+            config = reduce.ReduceConfig(reducer=reducer, output=self.path(output), input=self.path(data),
+                                         format=c.format, dtype=c.dtype, drop_text=c.drop_text, overwrite=True)
+            inputs = [manifests.identity(self.path(data)), manifests.identity(reducer)]
+            self.execute(name, output, config, inputs, lambda config=config: reduce.run(config, self.options))
+        self.state.steps["reduce"]["reducer"] = files.relative(reducer, self.config.workdir)
         self.state.save()
 
     def full(self) -> dict:
-        if self.embed("embed", self.path("embeddings")) and self.state.increments:
+        if self.embed("embed", "embeddings") and self.state.increments:
             # The corpus was embedded again from scratch: it now holds what the increments held.
             for inc in self.state.increments:
-                artifacts.delete_tree(self.path("increments", inc["name"]))
+                for part in ("embeddings", "reduced"):
+                    remove_output(self.path(inc[part]))
+                files.delete([self.path(inc["drift_file"])] if inc.get("drift_file") else [])
+                files.remove_if_empty(self.path("increments", inc["name"]))
             self.state.increments = []
             self.state.save()
-        reducer = self.fit_and_evaluate()
+        self.fit()
+        reducer = self.evaluate_and_choose()
         self.reduce_all(reducer)
         return self.summary(reducer)
 
     def increment(self) -> dict:
-        from pipelines.evaluation import drift
-        from pipelines import evaluate
-        from pipelines.common.reducers import load_reducer
-
-        if "reduce" not in self.state.steps or "reducer" not in self.state.steps["reduce"]:
-            raise RuntimeError(f"{self.args.workdir} holds no finished run to extend; run without --incremental first")
+        if "reducer" not in self.state.steps.get("reduce", {}):
+            raise InputError(f"{self.config.workdir} holds no finished run to extend; run without --incremental "
+                             "first")
         name = f"{len(self.state.increments) + 1:04d}"
-        inc_dir = self.path("increments", name)
-        self.embed(f"embed-{name}", artifacts.join(inc_dir, "embeddings"), self.datasets())
-        manifest = artifacts.read_manifest(artifacts.join(inc_dir, "embeddings"), "embeddings")
-        counts = manifest["counts"]
-        current = self.state.steps["reduce"]["reducer"]
-        record = {"name": name, "embeddings": artifacts.join(inc_dir, "embeddings"),
-                  "reduced": artifacts.join(inc_dir, "reduced"), "counts": counts, "drift": None, "refit": False}
-        if counts["embedded"] == 0:
+        inc = {"name": name, "embeddings": f"increments/{name}/embeddings", "reduced": f"increments/{name}/reduced",
+               "drift": None, "refit": False}
+        self.embed(f"embed-{name}", inc["embeddings"], [self.path(d) for d in self.datasets()])
+        current = self.path(self.state.steps["reduce"]["reducer"])
+        inc["counts"] = manifests.read(self.path(inc["embeddings"]), "embeddings")["counts"]
+        if inc["counts"]["embedded"] == 0:
             log.info("no new sentences: nothing to add")
-            artifacts.delete_tree(inc_dir)
+            remove_output(self.path(inc["embeddings"]))
+            files.remove_if_empty(self.path("increments", name))
             return self.summary(current, new=0)
-        new, _ = evaluate.load_sample(record["embeddings"], DRIFT_SAMPLE, 0)
-        if len(new) >= MIN_DRIFT_ROWS:
-            reference, _ = evaluate.load_sample(self.path("embeddings"), DRIFT_SAMPLE, 0)
-            record["drift"] = drift.check(load_reducer(current), reference, new, self.args.drift_threshold)
-            artifacts.write_text(artifacts.join(inc_dir, "drift.json"), json.dumps(record["drift"], indent=2))
-        self.state.increments.append(record)
+        report = self.check_drift(current, inc)
+        self.state.increments.append(inc)
         self.state.save()
-        d = record["drift"]
-        if d is None:
-            log.info("drift check skipped: %d new vectors, fewer than %d", len(new), MIN_DRIFT_ROWS)
-        else:
-            log.info("drift check: pair fidelity %.4f on new data vs %.4f on fitting data (drop %.4f, threshold "
-                     "%.4f)%s", d["fidelity_new"], d["fidelity_reference"], d["drop"], d["threshold"],
-                     ": DRIFT" if d["drift"] else "")
-        if d and d["drift"] and self.args.refit_on_drift:
-            record["refit"] = True
+        if report and report["drift"] and self.config.refit_on_drift:
+            inc["refit"] = True
             self.state.save()
-            current = self.fit_and_evaluate()
-        elif d and d["drift"]:
+            self.fit()
+            current = self.evaluate_and_choose()
+        elif report and report["drift"]:
             log.warning("the reducer has drifted on the new data; re-run with --refit_on_drift to refit it")
         self.reduce_all(current)
-        return self.summary(current, new=counts["embedded"])
+        return self.summary(current, new=inc["counts"]["embedded"])
+
+    def check_drift(self, reducer_path: str, inc: dict) -> dict | None:
+        """Pair fidelity of the current reducer on the new vectors vs on the data it was fitted on."""
+        new = evaluate.load_sample(EmbeddingDataset.open(self.path(inc["embeddings"])), DRIFT_SAMPLE, 0)["vectors"]
+        if len(new) < MIN_DRIFT_ROWS:
+            log.info("drift check skipped: %d new vectors, fewer than %d", len(new), MIN_DRIFT_ROWS)
+            return None
+        reference = evaluate.load_sample(EmbeddingDataset.open(self.path("embeddings")), DRIFT_SAMPLE, 0)["vectors"]
+        report = drift.check(load_reducer(reducer_path), reference, new, self.config.drift_threshold)
+        inc["drift"], inc["drift_file"] = report, f"increments/{inc['name']}/drift.json"
+        files.write_text(self.path(inc["drift_file"]), json.dumps(report, indent=2))
+        log.info("drift check: pair fidelity %.4f on new data vs %.4f on fitting data (drop %.4f, threshold %.4f)%s",
+                 report["fidelity_new"], report["fidelity_reference"], report["drop"], report["threshold"],
+                 ": DRIFT" if report["drift"] else "")
+        return report
 
     def summary(self, reducer: str, new: int | None = None) -> dict:
-        a = self.args
-        totals = [artifacts.read_manifest(d, "embeddings")["counts"]["embedded"] for d in self.datasets()]
-        reduced = [self.path("reduced")] + [i["reduced"] for i in self.state.increments]
-        summary = {"workdir": a.workdir, "steps_run": self.ran, "reducer": reducer, "reduced": reduced,
+        c = self.config
+        totals = [EmbeddingDataset.open(self.path(d)).records for d in self.datasets()]
+        reduced = [self.path("reduced")] + [self.path(i["reduced"]) for i in self.state.increments]
+        summary = {"workdir": c.workdir, "steps_run": self.ran, "reducer": reducer, "reduced": reduced,
                    "vectors": sum(totals), "report": self.path("report", "report.md"),
                    "increments": self.state.increments}
-        lines = [f"\nreduced corpus ({a.format}, {a.dtype}): {', '.join(reduced)}",
+        lines = [f"\nreduced corpus ({c.format}, {c.dtype}): {', '.join(reduced)}",
                  f"vectors: {sum(totals)} (first run {totals[0]}"
                  + "".join(f", increment {i['name']} {t}" for i, t in zip(self.state.increments, totals[1:])) + ")",
                  f"reducer used: {reducer}", f"report: {summary['report']}",
                  f"steps run this time: {', '.join(self.ran) or 'none (all up to date)'}"]
         if new is not None:
             summary["new_vectors"] = new
-            d = self.state.increments[-1]["drift"] if new else None
-            lines.append(f"new sentences this time: {new}" + (
-                f"; drift: {'YES' if d['drift'] else 'no'} (pair fidelity {d['fidelity_new']:.4f} on new data vs "
-                f"{d['fidelity_reference']:.4f}){'; reducers refitted' if self.state.increments[-1]['refit'] else ''}"
-                if d else ""))
-        print("\n".join(lines))
+            lines.append(f"new sentences this time: {new}" + (_drift_line(self.state.increments[-1]) if new else ""))
+        print("\n".join(lines), flush=True)
         return summary
 
 
-def code_size_args(output_dim: int) -> list[str]:
-    """Trainer flags for an autoencoder whose codes have ``output_dim`` values (hidden layer 256, or wider)."""
-    return ["--sizes", f"{max(256, output_dim)},{output_dim}"]
+def _drift_line(inc: dict) -> str:
+    d = inc.get("drift")
+    if not d:
+        return ""
+    return (f"; drift: {'YES' if d['drift'] else 'no'} (pair fidelity {d['fidelity_new']:.4f} on new data vs "
+            f"{d['fidelity_reference']:.4f}){'; reducers refitted' if inc['refit'] else ''}")
 
 
-def check_step_args(args: argparse.Namespace) -> None:
-    """Parse the --train_arg and --pca_arg flags now, so a typo fails before the corpus is embedded."""
-    if args.train_arg:
-        from trainer import task
-
-        task.build_parser().parse_args(["--input", "-", "--output", "-", *args.train_arg])
-    if args.pca_arg:
-        from pipelines import fit_pca
-
-        parser = fit_pca.make_parser()
-        _, unknown = parser.parse_known_args(["--input", "-", "--output", "-", *args.pca_arg])
-        if unknown:
-            parser.error(f"--pca_arg: unrecognized fit-pca arguments: {' '.join(unknown)} "
-                         "(pass Beam pipeline options to run itself)")
-
-
-def run(argv: list[str] | None = None) -> dict:
+def parse(argv: list[str] | None) -> tuple[RunConfig, list[str]]:
+    """The run's config and Beam options; every flag (the step flags too) checked before any work."""
     parser = make_parser()
     args, beam_args = parser.parse_known_args(argv)
     check_beam_args(parser, beam_args)  # a typo fails now, not after hours of embedding
-    check_step_args(args)
-    if args.refit_on_drift and not args.incremental:
-        raise ValueError("--refit_on_drift goes with --incremental")
-    if args.query_sample and not 0 < args.query_share < 1:  # fail now, not after embedding the corpus
-        raise ValueError(f"--query_share must be in (0, 1), got {args.query_share}")
-    artifacts.makedirs(args.workdir)
-    flow = Flow(args, beam_args)
-    return flow.increment() if args.incremental else flow.full()
+    config = cfg.from_namespace(RunConfig, args)
+    step_overrides(fit_pca.make_parser(), config.pca_arg, "--pca_arg")
+    step_overrides(task.build_parser(), config.train_arg, "--train_arg")
+    if config.refit_on_drift and not config.incremental:
+        raise InputError("--refit_on_drift goes with --incremental")
+    if config.query_sample and not 0 < config.query_share < 1:  # fail now, not after embedding the corpus
+        raise InputError(f"--query_share must be in (0, 1), got {config.query_share}")
+    return config, beam_args
+
+
+def run(config: RunConfig, options: PipelineOptions, beam_args: list[str] = ()) -> dict:
+    start = time.monotonic()
+    with locked(config.workdir):
+        flow = Flow(config, options, list(beam_args))
+        summary = flow.increment() if config.incremental else flow.full()
+    print(f"done in {time.monotonic() - start:.0f} s", flush=True)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    config, beam_args = parse(argv)
+    return run(config, PipelineOptions(beam_args), beam_args)
 
 
 if __name__ == "__main__":

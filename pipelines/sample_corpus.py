@@ -82,7 +82,7 @@ def write(path: str, n: int, seed: int = 0) -> str:
     return path
 
 
-def run(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="shrink sample-corpus", description=__doc__)
     parser.add_argument("--output", required=True, help="text file to write, one sentence per line")
     parser.add_argument("--n", type=int, default=10_000, help="number of distinct sentences")

@@ -1,4 +1,4 @@
-"""Tiny embedding datasets written directly, without running the embed job."""
+"""Tiny datasets and reducer artifacts written directly, and readers for test assertions."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from pipelines.common import artifacts, records
+from pipelines.common import manifests, records
+from pipelines.common.dataset import read_all, shard_entries
 
 
 def correlated_vectors(rows: int, dim: int, seed: int = 0, rank: int = 16) -> np.ndarray:
@@ -40,9 +41,10 @@ def write_embedding_dataset(directory: str | Path, vectors: np.ndarray, *, num_s
                     writer.write(raw)
         shards.append(str(path))
     records.write_schema(records.make_schema(dim, with_text), str(directory))
-    artifacts.write_manifest(str(directory), kind, {
-        "dim": dim, "encoder": "fixture", "counts": {"embedded": len(rows) + len(extra_records)},
-        "shards": shards, "input_patterns": [], "fingerprint": artifacts.fingerprint({"fixture": str(directory)})})
+    manifests.write(str(directory), kind, {
+        "dim": dim, "encoder": "fixture", "records": len(rows) + len(extra_records), "has_text": with_text,
+        "shards": shard_entries(str(directory), shards),
+        "fingerprint": manifests.fingerprint({"fixture": str(directory)})})
     return rows
 
 
@@ -54,7 +56,14 @@ def write_linear_reducer(directory: str | Path, mean: np.ndarray, matrix: np.nda
     directory = str(directory)
     head = reducers.LinearHead(mean, matrix, l2_normalize)
     reducers.save_head(head, directory, matrix.shape[0])
-    artifacts.write_manifest(directory, kind, {
+    manifests.write(directory, kind, {
         "input_dim": int(matrix.shape[0]), "output_dim": int(matrix.shape[1]), "l2_normalize": l2_normalize,
-        "fingerprint": artifacts.fingerprint({"matrix": matrix.tobytes().hex()[:64], "dir": directory})})
+        "fingerprint": manifests.fingerprint({"matrix": matrix.tobytes().hex()[:64], "dir": directory})})
     return directory
+
+
+def read_records(directory: str | Path) -> list[dict]:
+    """Every record of a dataset, read through its manifest: ``[{'id', 'text', 'embedding'}]``."""
+    data = read_all(str(directory))
+    texts = data.get("text") or [None] * len(data["id"])
+    return [{"id": i, "text": t, "embedding": v} for i, t, v in zip(data["id"], texts, data["vector"])]

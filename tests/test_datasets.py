@@ -1,7 +1,6 @@
 """Data loaders: STS benchmark (real files when present), download cache, golden sets, financial corpus."""
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import tarfile
@@ -16,7 +15,7 @@ from benchmarks import financial_corpus
 
 def test_sts_loader_on_real_files(shared_data):
     splits = sts.read_sts_dir(shared_data / "stsbenchmark")
-    assert {k: len(v) for k, v in splits.items()} == sts.STS_SPLIT_SIZES
+    assert {k: len(v) for k, v in splits.items()} == {"train": 5749, "dev": 1500, "test": 1379}
     assert splits["test"][0] == ("A girl is styling her hair.", "A girl is brushing her hair.", 2.5)
     scores = [s for pairs in splits.values() for _, _, s in pairs]
     assert min(scores) == 0.0 and max(scores) == 5.0
@@ -37,9 +36,9 @@ ROW = "main-news\tMSRpar\t2012\t0001\t{score}\tThe \"big\" cat sat.\tA cat sat.\
 
 def test_sts_parser_keeps_quotes_and_rejects_bad_rows(tmp_path):
     _write_sts(tmp_path / "sts", {n: [ROW.format(score="3.2")] for n in sts.STS_SPLITS})
-    splits = sts.read_sts_dir(tmp_path / "sts", expected_sizes=None)
+    splits = sts.read_sts_dir(tmp_path / "sts", verify=False)
     assert splits["train"] == [('The "big" cat sat.', "A cat sat.", 3.2)]
-    with pytest.raises(ValueError, match="pairs"):  # official sizes are checked by default
+    with pytest.raises(sts.ChecksumError, match="not the official"):  # the pinned digests are checked by default
         sts.read_sts_dir(tmp_path / "sts")
     with pytest.raises(ValueError, match=r"line|:1: score"):
         sts.parse_sts_lines([ROW.format(score="7")], "x.csv")
@@ -49,7 +48,7 @@ def test_sts_parser_keeps_quotes_and_rejects_bad_rows(tmp_path):
 
 def test_sts_missing_everywhere_raises_with_instructions(tmp_path):
     with pytest.raises(sts.DataUnavailableError, match=r"--sts[_-]dir"):
-        sts.load_sts(cache_dir=tmp_path, download=False)
+        sts.load_sts(cache_dir=tmp_path, download_missing=False)
     with pytest.raises(sts.DataUnavailableError, match="download .* failed"):
         sts.load_sts(cache_dir=tmp_path, url=(tmp_path / "nowhere.tar.gz").as_uri())
     with pytest.raises(sts.DataUnavailableError, match="not found"):
@@ -62,48 +61,22 @@ def _tar_of(directory: Path, out: Path) -> Path:
     return out
 
 
-def test_fetch_cached_verifies_checksum_over_file_url(tmp_path):
-    source = tmp_path / "remote" / "archive.bin"
-    source.parent.mkdir()
-    source.write_bytes(b"payload" * 1000)
-    good = hashlib.sha256(source.read_bytes()).hexdigest()
+def test_download_once_then_offline_and_checked_against_the_pinned_digests(shared_data, tmp_path):
+    (tmp_path / "served").mkdir()
+    official = _tar_of(shared_data / "stsbenchmark", tmp_path / "served" / sts.ARCHIVE)
     cache = tmp_path / "cache"
-    with pytest.raises(sts.ChecksumError):
-        sts.fetch_cached(source.as_uri(), cache, "0" * 64)
-    assert not list(cache.iterdir())  # a bad download leaves nothing behind
-    path = sts.fetch_cached(source.as_uri(), cache, good)
-    assert path.read_bytes() == source.read_bytes()
-    source.unlink()  # now served from the cache, verified again
-    assert sts.fetch_cached(source.as_uri(), cache, good) == path
-    path.write_bytes(b"corrupted")
-    with pytest.raises(sts.ChecksumError, match="cached"):
-        sts.fetch_cached(source.as_uri(), cache, good)
+    splits = sts.load_sts(cache_dir=cache, url=official.as_uri())  # "downloaded" over a file:// URL
+    assert len(splits["test"]) == 1379 and (cache / sts.ARCHIVE).exists()
+    official.unlink()  # the second call is offline, from the cache
+    assert sts.load_sts(cache_dir=cache, download_missing=False) == splits
 
-
-def test_fetch_cached_trust_on_first_use(tmp_path):
-    source = tmp_path / "a.bin"
-    source.write_bytes(b"abc")
-    cache = tmp_path / "cache"
-    path = sts.fetch_cached(source.as_uri(), cache, None)
-    assert (cache / "a.bin.sha256").read_text().split()[0] == hashlib.sha256(b"abc").hexdigest()
-    path.write_bytes(b"abd")
-    with pytest.raises(sts.ChecksumError):
-        sts.fetch_cached(source.as_uri(), cache, None)
-
-
-def test_load_sts_downloads_archive_once(tmp_path):
-    rows = {"train": [ROW.format(score="1")] * 3, "dev": [ROW.format(score="2")] * 2, "test": [ROW.format(score="5")]}
-    _write_sts(tmp_path / "src", rows)
-    archive = _tar_of(tmp_path / "src", tmp_path / "Stsbenchmark.tar.gz")
-    digest = sts.sha256_file(archive)
-    sizes = {"train": 3, "dev": 2, "test": 1}
-    cache = tmp_path / "cache"
-    splits = sts.load_sts(cache_dir=cache, url=archive.as_uri(), sha256=digest, expected_sizes=sizes)
-    assert [s for _, _, s in splits["dev"]] == [2.0, 2.0]
-    archive.unlink()  # second call is offline, from the cache
-    again = sts.load_sts(cache_dir=cache, url=archive.as_uri(), sha256=digest, expected_sizes=sizes,
-                              download=False)
-    assert again == splits
+    rows = {n: [ROW.format(score="1")] for n in sts.STS_SPLITS}  # a look-alike: right layout, wrong content
+    _write_sts(tmp_path / "fake", rows)
+    fake = _tar_of(tmp_path / "fake", tmp_path / "served" / sts.ARCHIVE)
+    other = tmp_path / "cache2"
+    with pytest.raises(sts.ChecksumError, match="not the official"):
+        sts.load_sts(cache_dir=other, url=fake.as_uri())
+    assert not (other / sts.ARCHIVE).exists()  # a bad archive is not kept
 
 
 def test_golden_set_format(tmp_path):

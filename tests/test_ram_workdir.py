@@ -13,9 +13,10 @@ import pytest
 import tensorflow as tf
 
 import tests.ramfs  # noqa: F401 - registers ram:// with Beam
-from pipelines.common import artifacts, records
+from pipelines.common import files, records
 from pipelines.evaluation import golden, sts
 from pipelines import evaluate, run, sample_corpus
+from tests.fixtures import read_records
 from tests.hub_models import save_text_encoder
 
 gfile = tf.io.gfile
@@ -29,33 +30,34 @@ def in_tmp_cwd(tmp_path, monkeypatch):
     assert not os.path.exists("ram:"), "a ram:// path was written with local file operations"
 
 
-def test_artifact_helpers_on_ram(tmp_path, in_tmp_cwd):
+def test_file_helpers_on_ram(tmp_path, in_tmp_cwd):
     root = f"ram://{tmp_path.name}/helpers"
-    artifacts.makedirs(artifacts.join(root, "a"))
-    artifacts.makedirs(artifacts.join(root, "a"))  # exists already: fine
-    artifacts.write_text(artifacts.join(root, "a", "b", "x.json"), "{}")
-    assert artifacts.read_text(artifacts.join(root, "a", "b", "x.json")) == "{}"
-    assert artifacts.list_files(artifacts.join(root, "a", "b", "*")) == [artifacts.join(root, "a", "b", "x.json")]
-    artifacts.delete_tree(artifacts.join(root, "a"))
-    artifacts.delete_tree(artifacts.join(root, "a"))  # gone already: fine
-    assert not artifacts.exists(artifacts.join(root, "a"))
-    assert artifacts.absolute("gs://bucket/x") == "gs://bucket/x"
-    assert artifacts.absolute("x") == os.path.join(str(tmp_path), "x")
+    files.makedirs(files.join(root, "a"))
+    files.makedirs(files.join(root, "a"))  # exists already: fine
+    files.write_text(files.join(root, "a", "b", "x.json"), "{}")
+    assert files.read_text(files.join(root, "a", "b", "x.json")) == "{}"
+    assert files.list_files(files.join(root, "a", "b", "*")) == [files.join(root, "a", "b", "x.json")]
+    assert files.list_tree(files.join(root, "a")) == [files.join(root, "a", "b", "x.json")]
+    files.delete([files.join(root, "a", "b", "x.json")])
+    files.delete([files.join(root, "a", "b", "x.json")])  # gone already: fine
+    assert not files.exists(files.join(root, "a", "b", "x.json"))
+    assert files.absolute("gs://bucket/x") == "gs://bucket/x"
+    assert files.absolute("x") == os.path.join(str(tmp_path), "x")
 
 
 def _copy_tree_to_ram(local, url: str) -> None:
     for path in local.rglob("*"):
         if path.is_file():
-            artifacts.write_text(f"{url}/{path.relative_to(local).as_posix()}", path.read_text(encoding="utf-8"))
+            files.write_text(f"{url}/{path.relative_to(local).as_posix()}", path.read_text(encoding="utf-8"))
 
 
 def test_sts_and_golden_set_read_from_ram(tmp_path, shared_data, in_tmp_cwd):
     root = f"ram://{tmp_path.name}/data"
     _copy_tree_to_ram(shared_data / "stsbenchmark", f"{root}/stsbenchmark")
-    golden = shared_data / "tatqa" / "derived_beir_paragraph_retrieval"
-    _copy_tree_to_ram(golden, f"{root}/golden")
+    golden_dir = shared_data / "tatqa" / "derived_beir_paragraph_retrieval"
+    _copy_tree_to_ram(golden_dir, f"{root}/golden")
     assert sts.read_sts_dir(root) == sts.read_sts_dir(shared_data / "stsbenchmark")  # finds the subfolder
-    assert golden.load_golden_set(f"{root}/golden", "dev") == golden.load_golden_set(golden, "dev")
+    assert golden.load_golden_set(f"{root}/golden", "dev") == golden.load_golden_set(golden_dir, "dev")
     with pytest.raises(FileNotFoundError, match="corpus.jsonl not found"):
         golden.load_golden_set(f"{root}/stsbenchmark")
 
@@ -69,7 +71,7 @@ def test_run_and_evaluate_with_a_ram_workdir(tmp_path, shared_data, in_tmp_cwd):
     work = f"ram://{tmp_path.name}/work"
     argv = ["--input", str(corpus), "--workdir", work, "--encoder", f"tfhub:{hub}", "--epochs", "2",
             "--queries", "30", "--sts_dir", sts, "--train_arg=--batch_size=32"]
-    first = run.run(argv)
+    first = run.main(argv)
     assert first["steps_run"] == ["embed", "fit-pca", "train", "evaluate", "reduce"]
 
     for name in ("run_manifest.json", "report/report.json", "report/report.md", "report/sts_scatter.png",
@@ -78,25 +80,25 @@ def test_run_and_evaluate_with_a_ram_workdir(tmp_path, shared_data, in_tmp_cwd):
         assert gfile.exists(f"{work}/{name}"), name
     report = json.loads(gfile.GFile(f"{work}/report/report.json").read())
     assert report["best_reducer_path"] == first["reducer"] and first["reducer"].startswith(work)
-    reduced = records.read_examples(f"{work}/reduced/data-*")
+    reduced = read_records(f"{work}/reduced")
     assert len(reduced) == 300 and reduced[0]["embedding"].shape == (128,)
     trained = json.loads(gfile.GFile(f"{work}/autoencoder/manifest.json").read())
     assert trained["source"]["directory"] == f"{work}/embeddings"  # a URL is not made "absolute" locally
 
-    assert run.run(argv)["steps_run"] == []  # nothing changed: every step skipped
-    assert run.run(argv + ["--format", "parquet"])["steps_run"] == ["reduce"]
+    assert run.main(argv)["steps_run"] == []  # nothing changed: every step skipped
+    assert run.main(argv + ["--format", "parquet"])["steps_run"] == ["reduce"]
     assert gfile.glob(f"{work}/reduced/*.parquet")
 
     corpus.write_text("\n".join(sentences) + "\n")  # the corpus grew by 40 sentences
-    grown = run.run(argv + ["--format", "parquet", "--incremental"])
+    grown = run.main(argv + ["--format", "parquet", "--incremental"])
     assert grown["steps_run"] == ["embed-0001", "reduce-0001"] and grown["new_vectors"] == 40
     assert gfile.exists(f"{work}/increments/0001/drift.json")
-    assert run.run(argv + ["--format", "parquet", "--incremental"])["new_vectors"] == 0
+    assert run.main(argv + ["--format", "parquet", "--incremental"])["new_vectors"] == 0
     assert not gfile.exists(f"{work}/increments/0002")  # the empty increment was deleted
 
     out = f"{work}/evaluate-pca"  # `shrink evaluate` alone, everything on ram://, STS files too
     _copy_tree_to_ram(shared_data / "stsbenchmark", f"{work}/sts")
-    alone = evaluate.run(["--embeddings", f"{work}/embeddings", "--reducer", f"{work}/pca", "--output", out,
+    alone = evaluate.main(["--embeddings", f"{work}/embeddings", "--reducer", f"{work}/pca", "--output", out,
                           "--queries", "20", "--sts_dir", f"{work}/sts"])
     assert alone["figures"] == ["sts_scatter.png", "metrics.png"]
     for name in ("report.json", "report.md", *alone["figures"]):

@@ -8,12 +8,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.common import artifacts, records
+from pipelines.common import manifests, records
 from benchmarks import pca_reference as pca_math
 from pipelines import reduce as reduce_job
 from pipelines.common import reducers
-from pipelines.common.artifacts import ArtifactError
-from tests.fixtures import correlated_vectors, write_embedding_dataset, write_linear_reducer
+from pipelines.common.errors import ArtifactError
+from tests.fixtures import correlated_vectors, write_embedding_dataset, write_linear_reducer, read_records
 
 ROWS, DIM, K = 200, 64, 8
 BAD = [b"not a tf.Example", records.encode_example("short", np.ones(10), "t"),
@@ -31,7 +31,7 @@ def setup(tmp_path_factory):
 
 
 def _reduce(root: Path, out: str, *extra: str) -> dict:
-    return reduce_job.run(["--input", str(root / "emb"), "--reducer", str(root / "pca"),
+    return reduce_job.main(["--input", str(root / "emb"), "--reducer", str(root / "pca"),
                            "--output", str(root / out), "--batch_size", "64", *extra])
 
 
@@ -49,7 +49,7 @@ def test_tfrecord_output(setup):
     assert manifest["counts"]["written"] == ROWS and manifest["counts"]["dead_letter"] == len(BAD)
     assert manifest["reducer_summary"]["kind"] == "pca"
     assert records.schema_dim(records.read_schema(str(root / "tfr"))) == K
-    out = {r["id"]: r for r in records.read_examples(str(root / "tfr" / "data-*.tfrecord"))}
+    out = {r["id"]: r for r in read_records(root / "tfr")}
     expected = _expected(rows, fitted)
     assert set(out) == set(expected)
     for id_, vector in expected.items():
@@ -91,8 +91,8 @@ def test_rerun_gives_byte_identical_vectors(setup):
     _reduce(root, "run1")
     _reduce(root, "run2", "--num_shards", "3", "--direct_num_workers", "2", "--direct_running_mode",
             "multi_threading")
-    a = {r["id"]: r["embedding"].tobytes() for r in records.read_examples(str(root / "run1" / "data-*"))}
-    b = {r["id"]: r["embedding"].tobytes() for r in records.read_examples(str(root / "run2" / "data-*"))}
+    a = {r["id"]: r["embedding"].tobytes() for r in read_records(root / "run1")}
+    b = {r["id"]: r["embedding"].tobytes() for r in read_records(root / "run2")}
     assert len(a) == ROWS and a == b
 
 
@@ -100,7 +100,7 @@ def test_refuses_dimension_mismatch(setup, tmp_path):
     root, _, _ = setup
     write_linear_reducer(tmp_path / "small", np.zeros(32), np.eye(32)[:, :4])
     with pytest.raises(ArtifactError, match="32-d"):
-        reduce_job.run(["--input", str(root / "emb"), "--reducer", str(tmp_path / "small"),
+        reduce_job.main(["--input", str(root / "emb"), "--reducer", str(tmp_path / "small"),
                         "--output", str(tmp_path / "out")])
 
 
@@ -108,16 +108,16 @@ def test_refuses_missing_or_corrupt_artifact(setup, tmp_path):
     root, _, fitted = setup
     args = ["--input", str(root / "emb"), "--output", str(tmp_path / "out")]
     with pytest.raises(ArtifactError, match="does not exist"):
-        reduce_job.run([*args, "--reducer", str(tmp_path / "nothing")])
+        reduce_job.main([*args, "--reducer", str(tmp_path / "nothing")])
     (tmp_path / "empty").mkdir()
     with pytest.raises(ArtifactError, match="no manifest.json"):
-        reduce_job.run([*args, "--reducer", str(tmp_path / "empty")])
+        reduce_job.main([*args, "--reducer", str(tmp_path / "empty")])
     art = tmp_path / "art"
     write_linear_reducer(art, fitted["mean"], fitted["components"])
     (art / "head" / "saved_model.pb").write_bytes(b"garbage")
     with pytest.raises(ArtifactError, match="cannot be loaded"):
-        reduce_job.run([*args, "--reducer", str(art)])
-    (art / artifacts.MANIFEST).write_text("{not json")
+        reduce_job.main([*args, "--reducer", str(art)])
+    (art / manifests.MANIFEST).write_text("{not json")
     with pytest.raises(ArtifactError, match="corrupt"):
         reducers.load_reducer(str(art))
 
@@ -135,25 +135,25 @@ def test_round_trip_embed_fit_pca_reduce(tmp_path):
     from pipelines import embed, fit_pca, sample_corpus
 
     corpus = tmp_path / "corpus.txt"
-    sample_corpus.run(["--output", str(corpus), "--n", "300", "--seed", "1"])
-    emb = embed.run(["--input", str(corpus), "--output", str(tmp_path / "emb")])
-    pca = fit_pca.run(["--input", str(tmp_path / "emb"), "--output", str(tmp_path / "pca"), "--output_dim", "16"])
-    out = reduce_job.run(["--input", str(tmp_path / "emb"), "--reducer", str(tmp_path / "pca"),
+    sample_corpus.main(["--output", str(corpus), "--n", "300", "--seed", "1"])
+    emb = embed.main(["--input", str(corpus), "--output", str(tmp_path / "emb")])
+    pca = fit_pca.main(["--input", str(tmp_path / "emb"), "--output", str(tmp_path / "pca"), "--output_dim", "16"])
+    out = reduce_job.main(["--input", str(tmp_path / "emb"), "--reducer", str(tmp_path / "pca"),
                           "--output", str(tmp_path / "reduced")])
     assert pca["rows_analyzed"] == emb["counts"]["embedded"] == out["counts"]["written"] > 250
     assert 0 < pca["explained_variance_total"] < 1
-    raw = {r["id"]: r for r in records.read_examples(str(tmp_path / "emb" / "data-*"))}
-    reduced = records.read_examples(str(tmp_path / "reduced" / "data-*"))
+    raw = {r["id"]: r for r in read_records(tmp_path / "emb")}
+    reduced = read_records(tmp_path / "reduced")
     x = np.stack([raw[r["id"]]["embedding"] for r in reduced])
     np.testing.assert_allclose(np.stack([r["embedding"] for r in reduced]),
                                reducers.load_reducer(str(tmp_path / "pca"))(x), atol=1e-6)
     assert all(r["text"] == raw[r["id"]]["text"] for r in reduced)
 
     # Raw text straight in (embedding on the fly) gives the same rows as embed-then-reduce.
-    direct = reduce_job.run(["--text_input", str(corpus), "--reducer", str(tmp_path / "pca"),
+    direct = reduce_job.main(["--text_input", str(corpus), "--reducer", str(tmp_path / "pca"),
                              "--output", str(tmp_path / "direct")])
     assert direct["counts"]["written"] == out["counts"]["written"]
     assert direct["counts"]["embed"]["embedded"] == emb["counts"]["embedded"]
-    via_text = {r["id"]: r["embedding"] for r in records.read_examples(str(tmp_path / "direct" / "data-*"))}
+    via_text = {r["id"]: r["embedding"] for r in read_records(tmp_path / "direct")}
     for r in reduced:
         np.testing.assert_allclose(via_text[r["id"]], r["embedding"], atol=1e-5)

@@ -6,7 +6,9 @@ import json
 import pytest
 
 from pipelines.common import records
+from pipelines.common.errors import InputError
 from pipelines import run, sample_corpus
+from tests.fixtures import read_records
 from tests.hub_models import save_text_encoder
 
 
@@ -38,7 +40,7 @@ def test_run_end_to_end_then_skip_and_redo(tmp_path, corpus, shared_data):
     argv = ["--input", str(corpus), "--workdir", str(work), "--encoder", f"tfhub:{hub}", "--epochs", "2",
             "--queries", "50", "--sts_dir", str(shared_data / "stsbenchmark"), "--golden_set", str(golden),
             "--train_arg=--batch_size=32"]
-    first = run.run(argv)
+    first = run.main(argv)
     assert first["steps_run"] == ["embed", "fit-pca", "train", "evaluate", "reduce"]
 
     report = json.loads((work / "report" / "report.json").read_text())
@@ -50,22 +52,22 @@ def test_run_end_to_end_then_skip_and_redo(tmp_path, corpus, shared_data):
     md = (work / "report" / "report.md").read_text()
     for title in ("STS benchmark", "Retrieval fidelity", "Labelled retrieval", "Cost"):
         assert title in md
-    reduced = records.read_examples(str(work / "reduced" / "data-*"))
+    reduced = read_records(work / "reduced")
     assert len(reduced) == 400 and reduced[0]["embedding"].shape == (128,)
 
-    assert run.run(argv)["steps_run"] == []  # nothing changed: every step skipped
-    again = run.run(argv + ["--format", "parquet"])  # only the last step's parameters changed
+    assert run.main(argv)["steps_run"] == []  # nothing changed: every step skipped
+    again = run.main(argv + ["--format", "parquet"])  # only the last step's parameters changed
     assert again["steps_run"] == ["reduce"]
 
     questions = tmp_path / "questions.txt"
     questions.write_text("".join(f"What did {s.split()[0]} report?\n" for s in sample_corpus.generate(30, seed=4)))
     aware = argv + ["--format", "parquet", "--query_sample", str(questions), "--query_share", "0.25"]
     # the queries are embedded and PCA refitted with them; what depends on PCA is redone
-    assert run.run(aware)["steps_run"][:3] == ["embed-queries", "fit-pca", "evaluate"]
+    assert run.main(aware)["steps_run"][:3] == ["embed-queries", "fit-pca", "evaluate"]
     pca = json.loads((work / "pca" / "manifest.json").read_text())
-    assert pca["query_input"][0] == str(work / "query_embeddings") and pca["query_input"][2] == 0.25
+    assert pca["query_input"][0] == str(work / "query_embeddings") and pca["query_share"] == 0.25
     assert pca["rows_analyzed"] > 400
-    assert run.run(aware)["steps_run"] == []
+    assert run.main(aware)["steps_run"] == []
 
 
 def test_incremental_runs_extend_the_corpus_and_refit_on_drift(tmp_path):
@@ -75,46 +77,52 @@ def test_incremental_runs_extend_the_corpus_and_refit_on_drift(tmp_path):
     corpus.write_text("\n".join(sentences[:300]) + "\n")
     work = tmp_path / "work"
     base = ["--input", str(corpus), "--workdir", str(work), "--encoder", f"tfhub:{hub}", "--epochs", "1",
-            "--queries", "20", "--no_download", "--reducer", "pca", "--output_dim", "48", "--pca_arg=--no-center"]
-    first = run.run(base)
+            "--queries", "20", "--no-download", "--reducer", "pca", "--output_dim", "48", "--pca_arg=--no-center"]
+    first = run.main(base)
     assert first["vectors"] == 300
     pca, ae = (json.loads((work / name / "manifest.json").read_text()) for name in ("pca", "autoencoder"))
     assert pca["output_dim"] == ae["output_dim"] == 48 and pca["center"] is False
 
     corpus.write_text("\n".join(sentences) + "\n")  # the corpus grew by 60 sentences
-    second = run.run(base + ["--incremental"])
+    second = run.main(base + ["--incremental"])
     assert second["steps_run"] == ["embed-0001", "reduce-0001"]
     assert second["new_vectors"] == 60 and second["vectors"] == 360
     inc = second["increments"][0]
-    assert inc["counts"]["already_embedded"] == 300 and inc["drift"]["drift"] in (True, False)
-    old = {r["id"] for r in records.read_examples(str(work / "reduced" / "data-*"))}
-    new = {r["id"] for r in records.read_examples(inc["reduced"] + "/data-*")}
+    assert inc["counts"]["already_embedded"] == 300
+    # The test encoder gives every sentence an unrelated random vector, so a PCA-48 fitted on 300 of them keeps
+    # their pairs far better than those of 60 new ones: a real drop, reported as drift.
+    d = inc["drift"]
+    assert d["drop"] == pytest.approx(d["fidelity_reference"] - d["fidelity_new"]) and d["new_rows"] == 60
+    assert d["drop"] > 0.2 and d["drift"] is True
+    assert json.loads((work / inc["drift_file"]).read_text()) == d
+    old = {r["id"] for r in read_records(work / "reduced")}
+    new = {r["id"] for r in read_records(work / inc["reduced"])}
     assert len(old) == 300 and len(new) == 60 and not old & new  # nothing twice, nothing missing
 
-    assert run.run(base + ["--incremental"])["new_vectors"] == 0  # nothing new: nothing added
+    assert run.main(base + ["--incremental"])["new_vectors"] == 0  # nothing new: nothing added
 
     cats = [f"My cat number {i} sleeps all day on the sofa." for i in range(25)]
     corpus.write_text("\n".join(sentences + cats) + "\n")
-    third = run.run(base + ["--incremental", "--refit_on_drift", "--drift_threshold", "-1"])  # always drift
+    third = run.main(base + ["--incremental", "--refit_on_drift", "--drift_threshold", "-1"])  # always drift
     assert third["increments"][-1]["refit"] and third["vectors"] == 385
     assert {"fit-pca", "train", "evaluate", "reduce", "reduce-0001", "reduce-0002"} <= set(third["steps_run"])
 
 
 def test_run_rejects_an_unknown_flag_before_doing_any_work(tmp_path):
     with pytest.raises(SystemExit) as e:
-        run.run(["--input", "x.txt", "--workdir", str(tmp_path / "w"), "--epoch", "3"])
+        run.main(["--input", "x.txt", "--workdir", str(tmp_path / "w"), "--epoch", "3"])
     assert e.value.code == 2 and not (tmp_path / "w").exists()
 
 
 @pytest.mark.parametrize("flag", ["--train_arg=--batchsize=32", "--pca_arg=--centre", "--pca_arg=--runner=X"])
 def test_run_rejects_a_bad_step_flag_before_doing_any_work(tmp_path, flag):
     with pytest.raises(SystemExit) as e:
-        run.run(["--input", "x.txt", "--workdir", str(tmp_path / "w"), flag])
+        run.main(["--input", "x.txt", "--workdir", str(tmp_path / "w"), flag])
     assert e.value.code == 2 and not (tmp_path / "w").exists()
 
 
 def test_run_rejects_a_bad_query_share_before_doing_any_work(tmp_path):
-    with pytest.raises(ValueError, match="query_share"):
-        run.run(["--input", "x.txt", "--workdir", str(tmp_path / "w"), "--query_sample", "q.txt",
+    with pytest.raises(InputError, match="query_share"):
+        run.main(["--input", "x.txt", "--workdir", str(tmp_path / "w"), "--query_sample", "q.txt",
                  "--query_share", "1.5"])
     assert not (tmp_path / "w").exists()

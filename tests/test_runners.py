@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
@@ -21,9 +20,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import embed, fit_pca, reduce
 from pipelines.common import records
-from transforms.encoders import EncoderModelHandler
+from pipelines.common.dataset import EmbeddingDataset
 from pipelines.common.reducers import load_reducer
-from tests.fixtures import correlated_vectors, write_embedding_dataset, write_linear_reducer
+from transforms.embedding import EncoderModelHandler
+from tests.fixtures import correlated_vectors, write_embedding_dataset, write_linear_reducer, read_records
 from tests.hub_models import save_text_encoder
 from tests.portable import portable_cluster
 
@@ -33,7 +33,7 @@ SENTENCES = [f"Company {c} reported {m} up {p}% in the quarter." for c in "ABCDE
 
 
 def _vectors(out) -> dict[str, np.ndarray]:
-    return {r["id"]: r["embedding"] for r in records.read_examples(str(out / "data-*"))}
+    return {r["id"]: r["embedding"] for r in read_records(out)}
 
 
 def test_jobs_on_the_portable_runner_match_direct_runner(tmp_path):
@@ -43,9 +43,9 @@ def test_jobs_on_the_portable_runner_match_direct_runner(tmp_path):
     direct, portable = tmp_path / "direct", tmp_path / "portable"
     common = ["--encoder", f"tfhub:{hub}"]
 
-    embed.run(["--input", str(corpus), "--output", str(direct / "emb"), *common])
-    fit_pca.run(["--input", str(direct / "emb"), "--output", str(direct / "pca"), "--output_dim", "8"])
-    reduce.run(["--input", str(direct / "emb"), "--reducer", str(direct / "pca"), "--output", str(direct / "red")])
+    embed.main(["--input", str(corpus), "--output", str(direct / "emb"), *common])
+    fit_pca.main(["--input", str(direct / "emb"), "--output", str(direct / "pca"), "--output_dim", "8"])
+    reduce.main(["--input", str(direct / "emb"), "--reducer", str(direct / "pca"), "--output", str(direct / "red")])
 
     with portable_cluster(tmp_path) as cluster:
         jobs = [("pipelines.embed", "--input", str(corpus), "--output", str(portable / "emb"), *common),
@@ -90,22 +90,29 @@ def _assert_no_local_paths(blob: bytes, *local_dirs) -> None:
     assert re.search(rb"gs://fake-bucket/", blob)
 
 
+def _bucket_dataset(name: str) -> EmbeddingDataset:
+    """A dataset on a bucket that does not exist: only its manifest and shard list are needed to translate."""
+    manifest = {"kind": "embeddings", "dim": 512, "records": 10, "encoder": "use-m3", "has_text": True}
+    return EmbeddingDataset(f"gs://fake-bucket/{name}", manifest, (f"gs://fake-bucket/{name}/data-00000-of-00001.tfrecord",))
+
+
 def test_embed_translates_for_dataflow(tmp_path):
     p = beam.Pipeline(options=_dataflow_options())
-    opts = embed.make_parser().parse_args(["--input", "gs://fake-bucket/in/*.txt", "--output", "gs://fake-bucket/emb"])
-    embed.build(p, opts, EncoderModelHandler("use-m3"), ["gs://fake-bucket/old/data-00000-of-00001.tfrecord"])
+    config = embed.EmbedConfig(input=("gs://fake-bucket/in/*.txt",), output="gs://fake-bucket/emb")
+    embed.build(p, config, EncoderModelHandler("use-m3"), [_bucket_dataset("old")])
     names, blob = _translated(p)
-    assert {"ReadCorpus", "Deduplicate", "Embed", "WriteShards", "WriteDeadLetters", "Previous"} <= names
+    assert {"EmbedCorpus/ReadCorpus", "EmbedCorpus/Deduplicate", "EmbedCorpus/Embed", "WriteShards",
+            "DeadLetters/WriteDeadLetters", "Previous"} <= names
     _assert_no_local_paths(blob, tmp_path)
 
 
 def test_fit_pca_translates_for_dataflow(tmp_path):
     tft_temp = tmp_path / "tft_temp"  # tf.Transform's own temp dir stays local in a dry run
     p = beam.Pipeline(options=_dataflow_options())
-    opts = fit_pca.make_parser().parse_args(["--input", "gs://fake-bucket/emb", "--output", "gs://fake-bucket/pca"])
-    fit_pca.build(p, [fit_pca.shard_pattern("gs://fake-bucket/emb")], 512, opts, 0.5, str(tft_temp))
+    config = fit_pca.FitPcaConfig(input="gs://fake-bucket/emb", output="gs://fake-bucket/pca")
+    fit_pca.build(p, fit_pca.FitInputs([_bucket_dataset("emb")], 0.5, None), config, str(tft_temp))
     names, blob = _translated(p)
-    assert {"ReadRecords0", "Sample", "Analyze", "WriteTransformFn"} <= names
+    assert {"FitRows/ReadShards", "FitRows/Sample", "Analyze", "WriteTransformFn"} <= names
     _assert_no_local_paths(blob.replace(str(tft_temp).encode(), b""), tmp_path)
 
 
@@ -113,12 +120,11 @@ def test_fit_pca_translates_for_dataflow(tmp_path):
 def test_reduce_translates_for_dataflow(tmp_path, fmt):
     reducer = write_linear_reducer(tmp_path / "pca", np.zeros(512), np.eye(512)[:, :128])
     p = beam.Pipeline(options=_dataflow_options())
-    opts = reduce.make_parser().parse_args(["--input", "gs://fake-bucket/emb", "--reducer", "gs://fake-bucket/pca",
-                                            "--output", "gs://fake-bucket/red", "--format", fmt])
-    fn = reduce.ReduceBatch("gs://fake-bucket/pca", 512, True, True, fmt, "float32", 1024)
-    reduce.build(p, opts, fn, 128, keep_text=True)
+    config = reduce.ReduceConfig(reducer="gs://fake-bucket/pca", input="gs://fake-bucket/emb",
+                                 output="gs://fake-bucket/red", format=fmt)
+    reduce.build(p, config, _bucket_dataset("emb"), load_reducer(reducer), True, _dataflow_options())
     names, blob = _translated(p)
-    assert {"Read", "ReduceRecords", "WriteDeadLetters"} <= names
+    assert {"ReadShards", "Reduce", "DeadLetters/WriteDeadLetters"} <= names
     assert ("WriteParquet" if fmt == "parquet" else "WriteTFRecord") in names
     _assert_no_local_paths(blob, reducer)
 
@@ -128,12 +134,12 @@ def test_fit_pca_and_reduce_in_multi_processing_mode_match_in_memory(tmp_path):
     write_embedding_dataset(data, correlated_vectors(600, 512, seed=3), num_shards=3)
     mp = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
     for name, extra in (("mem", []), ("mp", mp)):
-        fit_pca.run(["--input", str(data), "--output", str(tmp_path / f"pca_{name}"), "--output_dim", "8", *extra])
+        fit_pca.main(["--input", str(data), "--output", str(tmp_path / f"pca_{name}"), "--output_dim", "8", *extra])
     probe = correlated_vectors(20, 512, seed=5)
     np.testing.assert_allclose(load_reducer(str(tmp_path / "pca_mem"))(probe),
                                load_reducer(str(tmp_path / "pca_mp"))(probe), atol=1e-5)
     for name, extra in (("mem", []), ("mp", mp)):
-        reduce.run(["--input", str(data), "--reducer", str(tmp_path / "pca_mem"),
+        reduce.main(["--input", str(data), "--reducer", str(tmp_path / "pca_mem"),
                     "--output", str(tmp_path / f"red_{name}"), *extra])
     a, b = _vectors(tmp_path / "red_mem"), _vectors(tmp_path / "red_mp")
     assert a.keys() == b.keys() and len(a) == 600

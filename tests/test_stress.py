@@ -41,7 +41,7 @@ def test_100k_mixed_lines_are_all_accounted_for(tmp_path):
     path = tmp_path / "mixed.txt"
     path.write_bytes(b"\n".join(lines) + b"\n")
     hub = save_text_encoder(str(tmp_path / "hub"), 512)
-    manifest = embed.run(["--input", str(path), "--output", str(tmp_path / "out"), "--encoder", f"tfhub:{hub}"])
+    manifest = embed.main(["--input", str(path), "--output", str(tmp_path / "out"), "--encoder", f"tfhub:{hub}"])
     c = manifest["counts"]
     assert c["read"] == 100_000
     assert c["read"] == c["embedded"] + c["duplicate"] + c["dead_letter"]

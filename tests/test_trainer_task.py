@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines.common import artifacts, records
+from pipelines.common.dataset import open_all
+from pipelines.common.errors import ArtifactError, InputError
+from pipelines.common import manifests, records
 from pipelines.common.reducers import load_reducer
-from tests.fixtures import correlated_vectors, write_embedding_dataset
+from tests.fixtures import correlated_vectors, write_embedding_dataset, read_records
 from trainer import data, export, task
 from trainer.model import build_autoencoder
 
@@ -30,7 +32,7 @@ def dataset(tmp_path_factory) -> str:
 
 
 def _args(dataset, output, *extra):
-    return task.build_parser().parse_args(
+    return task.parse_config(
         ["--input", dataset, "--output", str(output), "--sizes", "16,8", "--batch_size", "32",
          "--learning_rate", "0.01", "--val_permille", "200", "--shuffle_buffer", "256",
          "--verbose", "0", *extra])
@@ -41,12 +43,12 @@ def _all(ds) -> np.ndarray:
 
 
 def test_split_is_disjoint_complete_and_reproducible(dataset):
-    source = data.open_source(dataset)
-    assert source.dim == DIM and len(source.files) == 3
+    source = open_all([dataset])
+    assert source[0].dim == DIM and len(source[0].shards) == 3
     train = _all(data.make_dataset(source, 50, val_permille=200, seed=1))
     val = _all(data.make_dataset(source, 50, validation=True, val_permille=200))
     assert len(train) + len(val) == 600 and 60 < len(val) < 180
-    every = np.stack([r["embedding"] for r in records.read_examples(os.path.join(dataset, "data-*"))])
+    every = np.stack([r["embedding"] for r in read_records(dataset)])
     key = lambda a: sorted(map(bytes, np.round(a, 5)))  # noqa: E731
     assert key(np.concatenate([train, val])) == key(every)
     np.testing.assert_array_equal(val, _all(data.make_dataset(source, 50, validation=True, val_permille=200)))
@@ -54,9 +56,9 @@ def test_split_is_disjoint_complete_and_reproducible(dataset):
     assert key(again) == key(train)  # same records in the training split, shuffled
 
 
-def test_open_source_rejects_a_non_dataset(tmp_path):
-    with pytest.raises(artifacts.ArtifactError, match="no manifest.json"):
-        data.open_source(str(tmp_path))
+def test_a_directory_without_manifest_is_not_a_dataset(tmp_path):
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        open_all([str(tmp_path)])
 
 
 def test_two_epochs_reduce_validation_loss_and_export_the_artifact(dataset, tmp_path):
@@ -68,18 +70,17 @@ def test_two_epochs_reduce_validation_loss_and_export_the_artifact(dataset, tmp_
             seen[epoch] = logs["val_loss"]
 
     args = _args(dataset, out, "--epochs", "2")
-    source = data.open_source(dataset)
-    val = data.make_dataset(source, 64, validation=True, val_permille=200)
+    val = data.make_dataset(open_all([dataset]), 64, validation=True, val_permille=200)
     keras.utils.set_random_seed(0)  # the initialization train() starts from
-    fresh = build_autoencoder(DIM, **task.model_config(args))
+    fresh = build_autoencoder(DIM, **args.model_config())
     initial = float(np.mean([fresh.compute_loss(x, None, fresh(x)) for x in val]))
     manifest = task.train(args, extra_callbacks=[Record()])
 
     assert sorted(seen) == [0, 1] and seen[1] < initial and seen[1] < seen[0]
-    on_disk = artifacts.read_manifest(str(out), "autoencoder")
+    on_disk = manifests.read(str(out), "autoencoder")
     assert on_disk["input_dim"] == DIM and on_disk["output_dim"] == 8 and on_disk["epochs_run"] == 2
     assert on_disk["final_losses"]["val_loss"] == pytest.approx(seen[1])
-    assert on_disk["config"]["sizes"] == [16, 8] and on_disk["source"]["fingerprint"] == data.open_source(dataset).manifest["fingerprint"]
+    assert on_disk["config"]["sizes"] == [16, 8] and on_disk["source"]["fingerprint"] == open_all([dataset])[0].fingerprint
     assert manifest["fingerprint"] == on_disk["fingerprint"]
 
     model = keras.models.load_model(str(out / export.KERAS_MODEL_FILE), safe_mode=True)
@@ -117,28 +118,68 @@ def test_killed_run_resumes_from_its_last_epoch(dataset, tmp_path):
     assert manifest["epochs_run"] == 4
 
 
-def test_refuses_to_clobber_without_overwrite(dataset, tmp_path):
+def test_a_finished_run_of_other_flags_needs_overwrite(dataset, tmp_path):
     out = tmp_path / "ae"
     task.train(_args(dataset, out, "--epochs", "1"))
-    with pytest.raises(artifacts.ArtifactError, match="finished run"):
-        task.train(_args(dataset, out, "--epochs", "1"))
-    manifest = task.train(_args(dataset, out, "--epochs", "1", "--tied", "false", "--overwrite"))
-    assert manifest["config"]["tied"] is False
-    params = json.loads((out / "train" / task.RUN_PARAMS).read_text())
-    assert params["fingerprint"] == manifest["fingerprint"]
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ArtifactError, match="different run"):
+        task.train(_args(dataset, out, "--epochs", "1", "--tied"))
+    manifest = task.train(_args(dataset, out, "--epochs", "1", "--tied", "--overwrite"))
+    assert manifest["config"]["tied"] is True and (out / "notes.txt").read_text() == "mine"
+    assert "notes.txt" not in manifest["files"]
 
 
-def test_unfinished_run_with_other_flags_is_not_resumed(dataset, tmp_path):
+def test_an_unfinished_run_with_other_flags_starts_from_scratch(dataset, tmp_path):
     out = tmp_path / "ae"
+    epochs = []
 
     class Crash(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             raise RuntimeError("simulated crash")
 
+    class Record(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            epochs.append(epoch)
+
     with pytest.raises(RuntimeError):
         task.train(_args(dataset, out, "--epochs", "2"), extra_callbacks=[Crash()])
-    with pytest.raises(artifacts.ArtifactError, match="unfinished different run"):
-        task.train(_args(dataset, out, "--epochs", "2", "--seed", "7"))
+    manifest = task.train(_args(dataset, out, "--epochs", "2", "--seed", "7"), extra_callbacks=[Record()])
+    assert epochs == [0, 1] and manifest["epochs_run"] == 2
+
+
+@pytest.mark.parametrize("flags, message", [(["--val_permille", "1000"], "no training data"),
+                                            (["--epochs", "0"], "at least 1"),
+                                            (["--batch_size", "0"], "positive")])
+def test_settings_that_cannot_train_fail_before_any_work(dataset, tmp_path, flags, message):
+    with pytest.raises(InputError, match=message):
+        task.train(_args(dataset, tmp_path / "ae", *flags))
+    assert not (tmp_path / "ae").exists()
+
+
+def test_an_empty_dataset_is_a_clear_error(tmp_path):
+    empty = tmp_path / "empty"
+    write_embedding_dataset(empty, np.zeros((0, DIM), np.float32), num_shards=1)
+    with pytest.raises(InputError, match="no finite vectors"):
+        task.train(_args(str(empty), tmp_path / "ae"))
+
+
+def test_non_finite_vectors_are_left_out_and_reported(tmp_path):
+    vectors = correlated_vectors(300, DIM, rank=4)
+    vectors[7, 3] = np.nan
+    data_dir = tmp_path / "emb"
+    write_embedding_dataset(data_dir, vectors, num_shards=2)
+    manifest = task.train(_args(str(data_dir), tmp_path / "ae", "--epochs", "2"))
+    assert manifest["records_non_finite"] == 1 and np.isfinite(manifest["final_losses"]["loss"])
+    [line] = (tmp_path / "ae" / "deadletter" / "non_finite.jsonl").read_text().splitlines()
+    assert json.loads(line)["id"] == "id-00007"
+    assert np.isfinite(load_reducer(str(tmp_path / "ae"))(vectors[:5])).all()
+
+
+def test_a_loss_that_becomes_nan_stops_training_with_a_clear_error(dataset, tmp_path):
+    with pytest.raises(InputError, match="NaN or infinite"):
+        task.train(_args(dataset, tmp_path / "ae", "--epochs", "3", "--learning_rate", "1e30", "--loss", "mse",
+                         "--no-normalize"))
+    assert not (tmp_path / "ae" / "manifest.json").exists()
 
 
 def test_bad_flags_are_usage_errors():
@@ -159,7 +200,7 @@ def test_sigkilled_process_resumes_through_the_entry_point(dataset, tmp_path):
         "class Kill(keras.callbacks.Callback):\n"
         "    def on_epoch_end(self, epoch, logs=None):\n"
         "        if epoch == 1: os.kill(os.getpid(), signal.SIGKILL)\n"
-        "task.train(task.build_parser().parse_args(sys.argv[1:]), extra_callbacks=[Kill()])\n")
+        "task.train(task.parse_config(sys.argv[1:]), extra_callbacks=[Kill()])\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     killed = subprocess.run([sys.executable, "-c", killer, *flags], env=env, capture_output=True)
     assert killed.returncode == -signal.SIGKILL
@@ -168,7 +209,7 @@ def test_sigkilled_process_resumes_through_the_entry_point(dataset, tmp_path):
     done = subprocess.run([sys.executable, "-m", "trainer.task", *flags], env=env, capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    manifest = artifacts.read_manifest(str(out), "autoencoder")
+    manifest = manifests.read(str(out), "autoencoder")
     assert manifest["epochs_run"] == 3
     epochs = [line.split(",")[0] for line in (out / "train" / "history.csv").read_text().splitlines()[1:]]
     assert epochs == ["0", "1", "2"]  # the restart ran only epoch 2
@@ -180,10 +221,10 @@ def test_reduce_job_with_an_autoencoder_artifact(dataset, tmp_path):
     out = tmp_path / "ae"
     task.train(_args(dataset, out, "--epochs", "1"))
     reduced = tmp_path / "reduced"
-    manifest = reduce_job.run(["--input", dataset, "--reducer", str(out), "--output", str(reduced)])
+    manifest = reduce_job.main(["--input", dataset, "--reducer", str(out), "--output", str(reduced)])
     assert manifest["dim"] == 8 and manifest["counts"]["written"] == 600
-    rows = {r["id"]: r["embedding"] for r in records.read_examples(str(reduced / "data-*"))}
-    source = {r["id"]: r["embedding"] for r in records.read_examples(os.path.join(dataset, "data-*"))}
+    rows = {r["id"]: r["embedding"] for r in read_records(reduced)}
+    source = {r["id"]: r["embedding"] for r in read_records(dataset)}
     ids = sorted(source)
     model = keras.models.load_model(str(out / export.KERAS_MODEL_FILE), safe_mode=True)
     want = keras.ops.convert_to_numpy(model.encode(np.stack([source[i] for i in ids])))

@@ -1,86 +1,89 @@
-"""tf.data input for the trainer: embedding shards -> batches of vectors.
+"""tf.data input for the trainer: embedding datasets -> batches of vectors.
 
-Shards are interleaved, parsed in batches (``tf.io.parse_example`` on a
-vector of records is much faster than one record at a time), split into
-train/validation by a stable hash of each record's ``id`` (the same record
-always lands on the same side, on every run and every machine), shuffled,
-batched and prefetched.
+Datasets are opened as ``EmbeddingDataset`` (their manifests' shard lists,
+nothing else). ``verify`` reads them once before training: it checks the
+record count against the manifests and finds vectors holding NaN/Inf, which
+``make_dataset`` then leaves out (a single one would turn every weight into
+NaN). Shards are interleaved, parsed in batches, split into train/validation
+by a stable hash of each record's ``id`` (the same record always lands on
+the same side, on every run and every machine), shuffled, batched and
+prefetched.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import tensorflow as tf
-from apache_beam.io.filesystems import FileSystems
 
-from pipelines.common import artifacts, records
+from pipelines.common import records
+from pipelines.common.dataset import HOLDOUT_BUCKETS, EmbeddingDataset, in_holdout
+from pipelines.common.errors import DataError
 
-SHARD_GLOB = "data-*.tfrecord"
 _PARSE_BATCH = 1024
-_HASH_BUCKETS = 1000
 
 
 @dataclass(frozen=True)
-class EmbeddingSource:
-    """An embedding dataset directory, validated."""
-    directory: str
-    dim: int
-    files: tuple[str, ...]
-    manifest: dict
+class Verified:
+    """What ``verify`` found: records read, and the ids of non-finite vectors (left out of training)."""
+    records: int
+    non_finite_ids: tuple[str, ...]
 
 
-def open_source(directory: str) -> EmbeddingSource:
-    """Check that ``directory`` is a complete embedding dataset and describe it."""
-    manifest = artifacts.read_manifest(directory, "embeddings")
-    dim = records.schema_dim(records.read_schema(directory))
-    if int(manifest.get("dim", dim)) != dim:
-        raise artifacts.ArtifactError(f"{directory}: manifest says dim {manifest['dim']}, schema says {dim}")
-    files = artifacts.list_files(FileSystems.join(directory, SHARD_GLOB))
-    if not files:
-        raise artifacts.ArtifactError(f"{directory} has a manifest but no {SHARD_GLOB} shards")
-    return EmbeddingSource(directory, dim, tuple(files), manifest)
+def _spec(dim: int) -> dict:
+    return records.feature_spec(dim, with_text=False)
 
 
-def open_sources(directories: list[str]) -> EmbeddingSource:
-    """Several embedding datasets (a corpus and its increments) read as one."""
-    sources = [open_source(d) for d in directories]
-    first = sources[0]
-    for other in sources[1:]:
-        if (other.dim, other.manifest.get("encoder")) != (first.dim, first.manifest.get("encoder")):
-            raise artifacts.ArtifactError(
-                f"{other.directory} ({other.manifest.get('encoder')}, {other.dim}-d) cannot be trained on with "
-                f"{first.directory} ({first.manifest.get('encoder')}, {first.dim}-d)")
-    return EmbeddingSource(first.directory, first.dim, tuple(f for s in sources for f in s.files), first.manifest)
+def verify(datasets: list[EmbeddingDataset]) -> Verified:
+    """Read every listed shard once: counts must match the manifests; collect non-finite vectors' ids."""
+    total, bad = 0, []
+    for dataset in datasets:
+        read = 0
+        for shard in dataset.shards:
+            try:
+                for batch in tf.data.TFRecordDataset(shard).batch(8192):
+                    parsed = tf.io.parse_example(batch, _spec(dataset.dim))
+                    finite = tf.reduce_all(tf.math.is_finite(parsed[records.EMBEDDING]), axis=1)
+                    bad += [b.decode("utf-8") for b in tf.boolean_mask(parsed[records.ID], ~finite).numpy()]
+                    read += int(tf.shape(batch)[0])
+            except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+                raise DataError(f"{shard}: damaged or unexpected records ({e.message.splitlines()[0][:200]})") \
+                    from None
+        dataset.check_count(read, "train")
+        total += read
+    return Verified(total, tuple(bad))
 
 
 def in_split(ids: tf.Tensor, validation: bool, val_permille: int) -> tf.Tensor:
     """Boolean mask: which ``ids`` belong to the validation (or training) split."""
-    held_out = tf.strings.to_hash_bucket_fast(ids, _HASH_BUCKETS) < val_permille
+    held_out = in_holdout(ids, val_permille)
     return held_out if validation else tf.logical_not(held_out)
 
 
-def make_dataset(source: EmbeddingSource, batch_size: int, *, validation: bool = False,
+def make_dataset(datasets: list[EmbeddingDataset], batch_size: int, *, validation: bool = False,
                  val_permille: int = 50, shuffle_buffer: int = 10_000, seed: int = 0,
                  cache: bool = False) -> tf.data.Dataset:
-    """Batches of float32 ``[batch, dim]`` embeddings of one split.
+    """Batches of float32 ``[batch, dim]`` finite embeddings of one split.
 
     The training split is shuffled (files and records, seeded, reshuffled
     each epoch); the validation split is read in a fixed order.
     """
-    if not 0 <= val_permille <= _HASH_BUCKETS:
-        raise ValueError(f"val_permille must be in [0, {_HASH_BUCKETS}], got {val_permille}")
-    spec = records.feature_spec(source.dim, with_text=False)
+    if not 0 <= val_permille <= HOLDOUT_BUCKETS:
+        raise ValueError(f"val_permille must be in [0, {HOLDOUT_BUCKETS}], got {val_permille}")
+    shards = [s for d in datasets for s in d.shards]
+    spec = _spec(datasets[0].dim)
     shuffle = not validation and shuffle_buffer > 1
-    files = tf.data.Dataset.from_tensor_slices(list(source.files))
+    files = tf.data.Dataset.from_tensor_slices(shards)
     if shuffle:
-        files = files.shuffle(len(source.files), seed=seed, reshuffle_each_iteration=True)
-    ds = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(source.files), 8),
+        files = files.shuffle(len(shards), seed=seed, reshuffle_each_iteration=True)
+    ds = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(shards), 8),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
 
     def parse(serialized):
         feats = tf.io.parse_example(serialized, spec)
+        vectors = feats[records.EMBEDDING]
         keep = in_split(feats[records.ID], validation, val_permille)
-        return tf.boolean_mask(feats[records.EMBEDDING], keep)
+        keep = tf.logical_and(keep, tf.reduce_all(tf.math.is_finite(vectors), axis=1))
+        return tf.boolean_mask(vectors, keep)
 
     ds = ds.batch(_PARSE_BATCH).map(parse, num_parallel_calls=tf.data.AUTOTUNE,
                                     deterministic=not shuffle).unbatch()

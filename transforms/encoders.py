@@ -1,4 +1,4 @@
-"""Sentence encoders behind one interface, each usable as a Beam model handler.
+"""Sentence encoders behind one interface (the Beam model handler is in transforms.embedding).
 
 Specs chosen by ``--encoder``:
 - ``use-m3``: Universal Sentence Encoder multilingual v3, offline, pure numpy
@@ -11,12 +11,12 @@ Specs chosen by ``--encoder``:
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from pipelines.common.beam_runner import available_cores
 
 
 log = logging.getLogger(__name__)
@@ -28,13 +28,6 @@ TFHUB_PREFIX = "tfhub:"
 class Encoder(Protocol):
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embed a batch of sentences -> float32 array (len(texts), dim)."""
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def worker_threads(processes_per_machine: int) -> int:
@@ -132,55 +125,3 @@ def load_encoder(spec: str, threads: int) -> Encoder:
     if spec == DEFAULT_ENCODER:
         return Usem3Encoder(threads)
     return TFHubEncoder(spec[len(TFHUB_PREFIX):])
-
-
-def _encode_checked(model: Encoder, batch: Sequence[str]) -> np.ndarray:
-    vectors = model.encode(batch)
-    if vectors.ndim != 2 or vectors.shape[0] != len(batch):
-        raise ValueError(f"encoder returned shape {vectors.shape} for a batch of {len(batch)}")
-    return vectors
-
-
-def _encode_one(model: Encoder, text: str) -> PredictionResult:
-    """A sentence's vector, or (as ``inference``) the error message it caused."""
-    try:
-        return PredictionResult(text, _encode_checked(model, [text])[0])
-    except Exception as e:  # noqa: BLE001 - reported per sentence as a dead letter
-        return PredictionResult(text, f"{type(e).__name__}: {e}")
-
-
-class EncoderModelHandler(ModelHandler[str, PredictionResult, Encoder]):
-    """RunInference handler: one encoder per worker process, batches of sentences.
-
-    ``threads`` None means "this process's share of the machine's cores",
-    computed on the worker from ``processes_per_machine``. A batch that makes
-    the encoder raise is retried sentence by sentence; a sentence that fails
-    on its own comes back with its error message as ``inference``.
-    """
-
-    def __init__(self, spec: str, threads: int | None = None, processes_per_machine: int = 1,
-                 min_batch_size: int = 64, max_batch_size: int = 1024):
-        super().__init__()
-        self.spec = validate_spec(spec)
-        self.threads, self.processes_per_machine = threads, processes_per_machine
-        self._batch_kwargs = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
-
-    def load_model(self) -> Encoder:
-        threads = self.threads or worker_threads(self.processes_per_machine)
-        log.info("loading encoder %s with %d BLAS thread(s)", self.spec, threads)
-        return load_encoder(self.spec, threads)
-
-    def run_inference(self, batch: Sequence[str], model: Encoder,
-                      inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
-        try:
-            vectors = _encode_checked(model, batch)
-        except Exception:  # noqa: BLE001 - find the sentence(s) at fault instead of losing the batch
-            log.warning("encoder failed on a batch of %d; retrying one sentence at a time", len(batch))
-            return [_encode_one(model, text) for text in batch]
-        return [PredictionResult(text, vec) for text, vec in zip(batch, vectors)]
-
-    def batch_elements_kwargs(self) -> dict[str, Any]:
-        return self._batch_kwargs
-
-    def get_metrics_namespace(self) -> str:
-        return "encoder"

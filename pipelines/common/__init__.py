@@ -1,1 +1,1 @@
-"""Formats and plumbing shared by every job: manifests, records, datasets, reducer artifacts, runners."""
+"""Formats and plumbing shared by every job: files, manifests, outputs, records, datasets, reducer artifacts, runners."""

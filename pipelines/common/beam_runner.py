@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +103,20 @@ def _all_subclasses(cls):
     for sub in cls.__subclasses__():
         yield sub
         yield from _all_subclasses(sub)
+
+
+def processes_per_machine(options: PipelineOptions) -> int:
+    """How many SDK worker processes share a machine's cores, for sizing each one's BLAS threads."""
+    if options.view_as(StandardOptions).runner not in LOCAL_RUNNERS:
+        return available_cores()  # Dataflow/Flink run about one Python process per core
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode in ("multi_processing", "multi_threading"):
+        return max(1, direct.direct_num_workers or 1)
+    return 1
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

@@ -2,7 +2,8 @@
 
 Each line of the dead-letter output is a JSON object with ``reason``,
 ``source`` (file), ``raw`` (the record as text, undecodable bytes shown as
-``\\xNN`` escapes) and, where known, ``id`` and ``detail``.
+``\\xNN`` escapes, lone surrogates as ``\\uXXXX``) and, where known, ``id``
+and ``detail``.
 """
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ MISSING_FIELD = "missing_field"
 NOT_A_STRING = "not_a_string"
 INVALID_JSON = "invalid_json"
 UNREADABLE_FILE = "unreadable_file"
+TRUNCATED_FILE = "truncated_file"  # a compressed file that ends early: the records before the cut are kept
+MALFORMED_CSV = "malformed_csv"  # a CSV record whose quoting never closes (within --max_chars)
+INVALID_ID = "invalid_id"  # an --id_field value that is neither a string nor an integer
 CONFLICTING_ID = "conflicting_id"
 WRONG_DIMENSION = "wrong_dimension"
 NON_FINITE = "non_finite"
@@ -26,11 +30,25 @@ ENCODER_ERROR = "encoder_error"
 def dead_letter(reason: str, source: str, raw: bytes | str | None, *, id_: str | None = None,
                 detail: str | None = None) -> str:
     """One dead-letter line (JSON, ASCII-safe)."""
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", errors="backslashreplace")
-    record = {"reason": reason, "source": source, "raw": raw}
+    record = {"reason": reason, "source": source, "raw": printable(raw)}
     if id_ is not None:
         record["id"] = id_
     if detail:
         record["detail"] = detail
     return json.dumps(record, ensure_ascii=True, sort_keys=True)
+
+
+def printable(raw: bytes | str | None) -> str | None:
+    """``raw`` as valid Unicode: invalid UTF-8 bytes (also when surrogate-escaped) as ``\\xNN``."""
+    if isinstance(raw, str):
+        try:
+            raw.encode("utf-8")
+            return raw
+        except UnicodeEncodeError:
+            try:
+                raw = raw.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:  # a lone surrogate that was never a byte (e.g. "\\ud800" in JSON)
+                return raw.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", errors="backslashreplace")
+    return raw

@@ -1,51 +1,49 @@
 """The on-disk record format shared by every job: tf.train.Example TFRecords.
 
 Each record holds ``id`` (bytes), ``text`` (bytes, optional in reduced
-outputs) and ``embedding`` (a fixed-length float list). A ``schema.pbtxt``
+outputs) and either ``embedding`` (a fixed-length float list) or ``codes``
+(bytes: int8 or product-quantization codes). A ``schema.pbtxt``
 (tensorflow_metadata Schema) beside the shards describes them, so
-tf.Transform, TFXIO and tf.data can all read them without guessing.
+tf.Transform, TFXIO and tf.data read them without guessing.
+
+Records are serialized here, in plain Python, exactly as protobuf's
+deterministic serialization does (features in name order): the bytes never
+depend on the process, so re-runs write identical files.
 """
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 from apache_beam.io import filebasedsink
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
-from tfx_bsl.coders import example_coder
 
-# TensorFlow is imported inside the functions that need it: Beam workers that
-# only encode and write records (the embed job with the numpy encoder) then
-# start without paying for a TensorFlow import.
+from pipelines.common import files
 
 ID = "id"
 TEXT = "text"
 EMBEDDING = "embedding"
+CODES = "codes"
 SCHEMA_FILE = "schema.pbtxt"
 
 
 def feature_spec(dim: int, with_text: bool = True) -> dict:
     """The tf.io parsing spec of one record with a ``dim``-long embedding."""
-    import tensorflow as tf
+    import tensorflow as tf  # imported here: embed workers never need TensorFlow
 
-    spec = {ID: tf.io.FixedLenFeature([], tf.string),
-            EMBEDDING: tf.io.FixedLenFeature([dim], tf.float32)}
+    spec = {ID: tf.io.FixedLenFeature([], tf.string), EMBEDDING: tf.io.FixedLenFeature([dim], tf.float32)}
     if with_text:
         spec[TEXT] = tf.io.FixedLenFeature([], tf.string)
     return spec
 
 
-def make_schema(dim: int, with_text: bool = True) -> schema_pb2.Schema:
-    """The schema of ``feature_spec(dim, with_text)``, built from protos alone.
+def make_schema(dim: int, with_text: bool = True, codes: bool = False) -> schema_pb2.Schema:
+    """The schema of the records, built from protos alone (same message as tf.Transform derives; tested).
 
-    Same message as tf.Transform's ``schema_from_feature_spec`` (a test checks
-    it), without importing TensorFlow: the embed driver then never pays ~5 s
-    for a TensorFlow import just to write this file.
+    With ``codes`` the vector is a ``codes`` bytes feature instead of a ``dim``-long float embedding.
     """
     schema = schema_pb2.Schema()
-    names = [EMBEDDING, ID] + ([TEXT] if with_text else [])
+    names = sorted([CODES if codes else EMBEDDING, ID] + ([TEXT] if with_text else []))
     for name in names:  # sorted by name, as tf.Transform writes them
         feature = schema.feature.add(name=name)
         feature.presence.min_fraction = 1.0
@@ -59,18 +57,16 @@ def make_schema(dim: int, with_text: bool = True) -> schema_pb2.Schema:
 
 
 def write_schema(schema: schema_pb2.Schema, directory: str) -> str:
-    path = FileSystems.join(directory, SCHEMA_FILE)
-    with FileSystems.create(path) as f:
-        f.write(text_format.MessageToString(schema).encode("utf-8"))
+    path = files.join(directory, SCHEMA_FILE)
+    files.write_text(path, text_format.MessageToString(schema))
     return path
 
 
 def read_schema(directory: str) -> schema_pb2.Schema:
-    path = FileSystems.join(directory, SCHEMA_FILE)
-    if not FileSystems.exists(path):
+    path = files.join(directory, SCHEMA_FILE)
+    if not files.exists(path):
         raise FileNotFoundError(f"no {SCHEMA_FILE} in {directory}: not an embedding/reduced dataset")
-    with FileSystems.open(path) as f:
-        return text_format.Parse(f.read().decode("utf-8"), schema_pb2.Schema())
+    return text_format.Parse(files.read_text(path), schema_pb2.Schema())
 
 
 def schema_dim(schema: schema_pb2.Schema) -> int:
@@ -83,61 +79,85 @@ def schema_dim(schema: schema_pb2.Schema) -> int:
     raise ValueError("schema has no 'embedding' feature")
 
 
-def encode_example(id_: str | bytes, vector: np.ndarray, text: str | bytes | None = None) -> bytes:
-    """Serialize one record. ``vector`` is written as float32."""
-    import tensorflow as tf
+_SMALL = [bytes((n,)) for n in range(0x80)]
 
-    feats = {
-        ID: tf.train.Feature(bytes_list=tf.train.BytesList(value=[_b(id_)])),
-        EMBEDDING: tf.train.Feature(float_list=tf.train.FloatList(
-            value=np.asarray(vector, dtype=np.float32).tolist())),
-    }
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _SMALL[n]
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (``tag`` already holds the field number and wire type)."""
+    return bytes((tag,)) + _varint(len(payload)) + payload
+
+
+def _entry(name: str, feature: bytes) -> bytes:
+    """One ``Features.feature`` map entry: key (field 1) and Feature (field 2)."""
+    return _field(0x0A, _field(0x0A, name.encode()) + _field(0x12, feature))
+
+
+def _bytes_feature(value: bytes) -> bytes:
+    return _field(0x0A, _field(0x0A, value))  # Feature.bytes_list { value }
+
+
+def _float_feature(vector: np.ndarray) -> bytes:
+    packed = np.ascontiguousarray(vector, dtype="<f4").tobytes()
+    return _field(0x12, _field(0x0A, packed) if packed else b"")  # Feature.float_list { packed value }
+
+
+def encode_example(id_: str | bytes, vector: np.ndarray | bytes, text: str | bytes | None = None) -> bytes:
+    """One serialized record: a float ``vector`` becomes ``embedding``, ``bytes`` become ``codes``."""
+    feats = {ID: _bytes_feature(_b(id_))}
+    if isinstance(vector, (bytes, bytearray)):
+        feats[CODES] = _bytes_feature(bytes(vector))
+    else:
+        feats[EMBEDDING] = _float_feature(vector)
     if text is not None:
-        feats[TEXT] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[_b(text)]))
-    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+        feats[TEXT] = _bytes_feature(_b(text))
+    return _field(0x0A, b"".join(_entry(name, feats[name]) for name in sorted(feats)))
+
+
+def encode_examples(ids: list[str], vectors: np.ndarray | list[bytes], texts: list[str] | None = None) -> list[bytes]:
+    """A batch of records, as ``encode_example`` writes each (``vectors``: float rows or per-record bytes).
+
+    Float rows share one entry header (same length for every row), so a row
+    costs one slice of the batch's bytes instead of a nested serialization.
+    """
+    if isinstance(vectors, np.ndarray) and vectors.ndim == 2 and vectors.shape[1] > 0:
+        rows = np.ascontiguousarray(vectors, dtype="<f4")
+        width = rows.shape[1] * 4
+        header = _entry(EMBEDDING, _float_feature(rows[0]))[:-width]
+        flat = rows.tobytes()
+        vector_entries = [header + flat[i:i + width] for i in range(0, len(flat), width)]
+    else:
+        vector_entries = [_entry(CODES, _bytes_feature(bytes(v))) if isinstance(v, (bytes, bytearray))
+                          else _entry(EMBEDDING, _float_feature(v)) for v in vectors]
+    id_entries = [_entry(ID, _bytes_feature(_b(i))) for i in ids]
+    if texts is None:  # "embedding"/"codes" < "id": name order
+        return [_field(0x0A, v + i) for v, i in zip(vector_entries, id_entries)]
+    return [_field(0x0A, v + i + _entry(TEXT, _bytes_feature(_b(t))))
+            for v, i, t in zip(vector_entries, id_entries, texts)]
 
 
 def decode_example(serialized: bytes) -> dict:
-    """Parse one record into ``{'id': str, 'text': str|None, 'embedding': float32 array}``."""
+    """Parse one record into ``{'id': str, 'text': str|None, 'embedding': float32 array | 'codes': bytes}``."""
     import tensorflow as tf
 
-    ex = tf.train.Example.FromString(serialized)
-    f = ex.features.feature
-    text = f[TEXT].bytes_list.value[0].decode("utf-8") if TEXT in f else None
-    return {ID: f[ID].bytes_list.value[0].decode("utf-8"), TEXT: text,
-            EMBEDDING: np.asarray(f[EMBEDDING].float_list.value, dtype=np.float32)}
-
-
-def read_examples(file_pattern: str) -> list[dict]:
-    """Read every record of a (small) dataset into memory; for tests and evaluation."""
-    import tensorflow as tf
-
-    files = [m.path for m in FileSystems.match([file_pattern])[0].metadata_list]
-    out = []
-    for path in sorted(files):
-        for rec in tf.data.TFRecordDataset(path).as_numpy_iterator():
-            out.append(decode_example(rec))
+    f = tf.train.Example.FromString(serialized).features.feature
+    out = {ID: f[ID].bytes_list.value[0].decode("utf-8"),
+           TEXT: f[TEXT].bytes_list.value[0].decode("utf-8") if TEXT in f else None}
+    if CODES in f:
+        out[CODES] = f[CODES].bytes_list.value[0]
+    else:
+        out[EMBEDDING] = np.asarray(f[EMBEDDING].float_list.value, dtype=np.float32)
     return out
-
-
-class BatchEncoder:
-    """Serializes whole batches of records in one C++ call (tfx_bsl), same bytes as ``encode_example``."""
-
-    def __init__(self):
-        self._encoder = example_coder.RecordBatchToExamplesEncoder()
-
-    def encode(self, ids: list[str], vectors: np.ndarray, texts: list[str] | None = None) -> list[bytes]:
-        def singletons(values: list[str]) -> pa.Array:
-            return pa.array([[v.encode("utf-8")] for v in values], pa.large_list(pa.large_binary()))
-
-        vectors = np.asarray(vectors, np.float32)
-        k = vectors.shape[1]
-        columns = {ID: singletons(ids)}
-        if texts is not None:
-            columns[TEXT] = singletons(texts)
-        offsets = np.arange(0, len(ids) * k + 1, k, dtype=np.int64)
-        columns[EMBEDDING] = pa.LargeListArray.from_arrays(offsets, pa.array(vectors.reshape(-1)))
-        return self._encoder.encode(pa.RecordBatch.from_pydict(columns))
 
 
 class _TFRecordBatchSink(filebasedsink.FileBasedSink):

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-from apache_beam.io.filesystems import FileSystems
 
-from pipelines.common import artifacts
-from pipelines.common.artifacts import ArtifactError
+from pipelines.common import files, manifests
+from pipelines.common.errors import ArtifactError
 
 KINDS = ("pca", "autoencoder")
 HEAD_DIR = "head"
@@ -23,7 +22,7 @@ OUTPUT_NAME = "reduced"
 
 
 def head_path(artifact_dir: str) -> str:
-    return FileSystems.join(artifact_dir, HEAD_DIR)
+    return files.join(artifact_dir, HEAD_DIR)
 
 
 def save_head(module: tf.Module, artifact_dir: str, input_dim: int) -> str:
@@ -78,12 +77,12 @@ class Reducer:
 
 def load_reducer(path: str) -> Reducer:
     """Load and check a reducer artifact; ArtifactError says what is wrong with it."""
-    manifest = artifacts.read_manifest(path, kind=KINDS)
+    manifest = manifests.read(path, kind=KINDS)
     for key in ("input_dim", "output_dim"):
         if not isinstance(manifest.get(key), int) or manifest[key] < 1:
-            raise ArtifactError(f"{artifacts.manifest_path(path)} is corrupt: '{key}' is {manifest.get(key)!r}")
+            raise ArtifactError(f"{manifests.path(path)} is corrupt: '{key}' is {manifest.get(key)!r}")
     head = head_path(path)
-    if not FileSystems.exists(FileSystems.join(head, "saved_model.pb")):
+    if not files.exists(files.join(head, "saved_model.pb")):
         raise ArtifactError(f"reducer artifact {path} has no SavedModel at {head}")
     try:
         loaded = tf.saved_model.load(head)

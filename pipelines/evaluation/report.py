@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from pipelines.common import artifacts
+from pipelines.common import files
 
 RAW = "raw"
 
@@ -109,7 +109,7 @@ def write_figures(report: dict, cosines: dict[str, np.ndarray] | None, out_dir: 
             ax.plot([lo, 1], [lo, 1], color="grey", lw=0.8)
             r = report["sts"]["representations"][name]["fidelity"]["pearson"]
             ax.set(title=f"{name} (Pearson {r:.3f})", xlabel="raw 512-d cosine", ylabel="reduced cosine")
-        _save(fig, artifacts.join(out_dir, "sts_scatter.png"))
+        _save(fig, files.join(out_dir, "sts_scatter.png"))
         written.append("sts_scatter.png")
 
     bars: dict[str, list[float]] = {}
@@ -132,7 +132,7 @@ def write_figures(report: dict, cosines: dict[str, np.ndarray] | None, out_dir: 
         ax.set_xticks(x + width * (len(names) - 1) / 2, list(bars), rotation=15, ha="right")
         ax.set_ylim(0, 1.05)
         ax.legend(loc="lower right")
-        _save(fig, artifacts.join(out_dir, "metrics.png"))
+        _save(fig, files.join(out_dir, "metrics.png"))
         written.append("metrics.png")
     return written
 
@@ -142,6 +142,6 @@ def _save(fig, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    with artifacts.create(path) as f:
+    with files.create(path) as f:
         fig.savefig(f, format="png", dpi=110)
     plt.close(fig)

@@ -7,29 +7,22 @@ from __future__ import annotations
 
 import hashlib
 import io
-import logging
 import os
 import tarfile
-import tempfile
-import urllib.request
 from pathlib import Path
 
-from pipelines.evaluation.textfiles import is_file, join, open_text
-
-log = logging.getLogger(__name__)
+from pipelines.evaluation.textfiles import is_file, join, read_bytes
 
 STS_SPLITS = ("train", "dev", "test")
-# Pair counts per split, from the benchmark's readme.txt ("5749 1500 1379").
-STS_SPLIT_SIZES = {"train": 5749, "dev": 1500, "test": 1379}
 STS_URL = "http://ixa2.si.ehu.eus/stswiki/images/4/48/Stsbenchmark.tar.gz"
-# SHA-256 of the official archive at STS_URL. UNKNOWN: the only copy available
-# while writing this (shared/data/stsbenchmark) is the extracted files, not the
-# archive, and no trustworthy published digest was found. With None the first
-# download is trusted, its digest is logged and stored beside it
-# (``<archive>.sha256``) and every later use re-verifies the cached file; the
-# split sizes above are always checked. Pass ``sha256=`` to pin a digest.
-STS_ARCHIVE_SHA256: str | None = None
-# Downloads and other rebuildable files; USE_SHRINK_CACHE moves it (e.g. where HOME is read-only).
+# SHA-256 of the three split files of the official release (computed from the
+# files as distributed; no digest of the archive itself is published). Every
+# copy read, downloaded or given with --sts_dir, is checked against them.
+STS_SHA256 = {"train": "0f71910b59aa1ad973c5897f0791f3b0965a92b8f82b1a95f3eea9f4162fda82",
+              "dev": "5d7e944d8b02734b07bfdb5df67db3420c64bed153fcaa1ba47ad03480cf4234",
+              "test": "affe45928a66ee5a708531233c95b7dacbbdc57f974f002a3d32ea0180cf816a"}
+ARCHIVE = "Stsbenchmark.tar.gz"
+# Downloads go here; USE_SHRINK_CACHE moves it (e.g. where HOME is read-only).
 DEFAULT_CACHE_DIR = Path(os.environ.get("USE_SHRINK_CACHE") or Path.home() / ".cache" / "use-shrink")
 
 StsPair = tuple[str, str, float]
@@ -40,15 +33,13 @@ class DataUnavailableError(RuntimeError):
 
 
 class ChecksumError(RuntimeError):
-    """A downloaded or cached file does not have the expected SHA-256."""
+    """A copy of the data does not have the pinned SHA-256: damaged, or not the official release."""
 
 
 def _sts_help(reason: str) -> str:
     return (f"STS benchmark unavailable ({reason}). Provide it with --sts_dir DIR, a directory holding "
             f"sts-train.csv, sts-dev.csv and sts-test.csv (extract {STS_URL}), or put the archive "
-            f"Stsbenchmark.tar.gz in {DEFAULT_CACHE_DIR}/, or run once with network access to download it.")
-
-
+            f"{ARCHIVE} in {DEFAULT_CACHE_DIR}/, or run once with network access to download it.")
 
 
 def parse_sts_lines(lines, source: str) -> list[StsPair]:
@@ -78,15 +69,15 @@ def parse_sts_lines(lines, source: str) -> list[StsPair]:
     return pairs
 
 
-def _check_sizes(splits: dict[str, list[StsPair]], expected: dict[str, int] | None, where: str) -> None:
-    for name in STS_SPLITS:
-        if expected and len(splits[name]) != expected[name]:
-            raise ValueError(f"{where}: sts-{name}.csv has {len(splits[name])} pairs, "
-                             f"the STS benchmark has {expected[name]}: wrong or damaged copy")
+def parse_split(data: bytes, name: str, where: str, verify: bool = True) -> list[StsPair]:
+    """One split's pairs from its file's bytes, checked against the pinned digest when ``verify``."""
+    if verify and hashlib.sha256(data).hexdigest() != STS_SHA256[name]:
+        raise ChecksumError(f"{where}: sts-{name}.csv is not the official STS benchmark file (SHA-256 "
+                            f"{hashlib.sha256(data).hexdigest()[:16]}..., expected {STS_SHA256[name][:16]}...)")
+    return parse_sts_lines(io.StringIO(data.decode("utf-8"), newline=None), f"{where}/sts-{name}.csv")
 
 
-def read_sts_dir(directory: str | os.PathLike,
-                 expected_sizes: dict[str, int] | None = STS_SPLIT_SIZES) -> dict[str, list[StsPair]]:
+def read_sts_dir(directory: str | os.PathLike, verify: bool = True) -> dict[str, list[StsPair]]:
     """Read ``sts-{train,dev,test}.csv`` from ``directory`` (or its ``stsbenchmark/`` subfolder).
 
     ``directory`` is a local path or a URL of any filesystem Beam supports.
@@ -98,14 +89,11 @@ def read_sts_dir(directory: str | os.PathLike,
         path = join(directory, f"sts-{name}.csv")
         if not is_file(path):
             raise DataUnavailableError(_sts_help(f"{path} not found"))
-        with open_text(path) as f:
-            splits[name] = parse_sts_lines(f, path)
-    _check_sizes(splits, expected_sizes, str(directory))
+        splits[name] = parse_split(read_bytes(path), name, str(directory), verify)
     return splits
 
 
-def read_sts_archive(archive: str | os.PathLike,
-                     expected_sizes: dict[str, int] | None = STS_SPLIT_SIZES) -> dict[str, list[StsPair]]:
+def read_sts_archive(archive: str | os.PathLike, verify: bool = True) -> dict[str, list[StsPair]]:
     """Read the splits straight from the official ``.tar.gz`` (nothing is extracted to disk)."""
     splits = {}
     with tarfile.open(archive, "r:*") as tar:
@@ -113,83 +101,45 @@ def read_sts_archive(archive: str | os.PathLike,
         for name in STS_SPLITS:
             member = members.get(f"sts-{name}.csv")
             if member is None:
-                raise ValueError(f"{archive} holds no sts-{name}.csv: not the STS benchmark archive")
-            text = tar.extractfile(member).read().decode("utf-8")
-            splits[name] = parse_sts_lines(io.StringIO(text), f"{archive}:{member.name}")
-    _check_sizes(splits, expected_sizes, str(archive))
+                raise ChecksumError(f"{archive} holds no sts-{name}.csv: not the STS benchmark archive")
+            splits[name] = parse_split(tar.extractfile(member).read(), name, str(archive), verify)
     return splits
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def download(cache_dir: str | os.PathLike, url: str = STS_URL) -> Path:
+    """The archive in ``cache_dir``, downloaded once with Keras's ``get_file`` (atomic, resumable)."""
+    import keras
 
-
-def fetch_cached(url: str, cache_dir: str | os.PathLike, sha256: str | None,
-                 filename: str | None = None, timeout: float = 60.0) -> Path:
-    """Download ``url`` once into ``cache_dir`` and return the local path, verified.
-
-    With ``sha256`` the file (cached or fresh) must match it, else
-    ChecksumError (a bad download is deleted, never cached). Without it the
-    first download's digest is written to ``<file>.sha256`` and later calls
-    verify the cached file against that (trust on first use). The download
-    goes to a temporary file renamed into place only when complete.
-    """
-    cache_dir = Path(cache_dir)
-    target = cache_dir / (filename or Path(urllib.request.url2pathname(url.rsplit("/", 1)[-1])).name)
-    sidecar = target.with_name(target.name + ".sha256")
-    if target.exists():
-        expected = sha256 or (sidecar.read_text().split()[0] if sidecar.exists() else None)
-        actual = sha256_file(target)
-        if expected and actual != expected:
-            raise ChecksumError(f"cached {target} has sha256 {actual}, expected {expected}: "
-                                f"delete it to download again")
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=target.name + ".", suffix=".part")
-    digest = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                digest.update(chunk)
-                out.write(chunk)
-        actual = digest.hexdigest()
-        if sha256 and actual != sha256:
-            raise ChecksumError(f"download of {url} has sha256 {actual}, expected {sha256}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    if not sha256:
-        log.warning("no known sha256 for %s; recorded %s in %s and will verify against it from now on",
-                    url, actual, sidecar)
-    sidecar.write_text(f"{actual}  {target.name}\n")
-    return target
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)  # else get_file silently falls back to /tmp/.keras
+        return Path(keras.utils.get_file(ARCHIVE, origin=url, cache_dir=str(cache_dir), cache_subdir="."))
+    except Exception as e:  # noqa: BLE001 - get_file wraps network errors in Exception
+        raise DataUnavailableError(_sts_help(f"download from {url} failed: {e}")) from e
 
 
 def load_sts(directory: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR,
-             download: bool = True, url: str = STS_URL, sha256: str | None = STS_ARCHIVE_SHA256,
-             expected_sizes: dict[str, int] | None = STS_SPLIT_SIZES) -> dict[str, list[StsPair]]:
+             download_missing: bool = True, url: str = STS_URL) -> dict[str, list[StsPair]]:
     """STS benchmark splits ``{"train"|"dev"|"test": [(sentence1, sentence2, score 0..5), ...]}``.
 
     Order of preference: ``directory`` when given (an error if it is not a
     valid copy); else the archive cached in ``cache_dir``; else download it
-    once from ``url`` (when ``download``). Raises DataUnavailableError, whose
-    message says how to provide the data, when none of these works.
+    once from ``url`` (when ``download_missing``). Every copy must match the
+    pinned digests; a downloaded archive that does not is deleted. Raises
+    DataUnavailableError, whose message says how to provide the data, when
+    none of these works.
     """
     if directory is not None:
-        return read_sts_dir(directory, expected_sizes)
-    archive = Path(cache_dir) / "Stsbenchmark.tar.gz"
-    if not archive.exists() and not download:
-        raise DataUnavailableError(_sts_help(f"no {archive} and downloading is off"))
+        return read_sts_dir(directory)
+    archive = Path(cache_dir) / ARCHIVE
+    if not archive.exists():
+        if not download_missing:
+            raise DataUnavailableError(_sts_help(f"no {archive} and downloading is off"))
+        archive = download(cache_dir, url)
     try:
-        archive = fetch_cached(url, cache_dir, sha256, filename=archive.name)
-    except OSError as e:  # URLError/HTTPError/timeouts are OSErrors
-        raise DataUnavailableError(_sts_help(f"download from {url} failed: {e}")) from e
-    return read_sts_archive(archive, expected_sizes)
+        return read_sts_archive(archive)
+    except (ChecksumError, tarfile.TarError, EOFError) as e:
+        archive.unlink(missing_ok=True)
+        raise ChecksumError(f"{e} (the cached archive was deleted; the next run downloads it again)") from e
 
 
 def sts_sentences(splits: dict[str, list[StsPair]], names=("train", "dev")) -> list[str]:

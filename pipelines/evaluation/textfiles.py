@@ -17,25 +17,33 @@ def is_url(path: str | os.PathLike) -> bool:
 
 def join(directory: str | os.PathLike, *parts: str) -> str:
     if is_url(directory):
-        from pipelines.common import artifacts  # Beam's FileSystems, only where a URL needs them
+        from pipelines.common import files  # Beam's FileSystems, only where a URL needs them
 
-        return artifacts.join(str(directory), *parts)
+        return files.join(str(directory), *parts)
     return str(Path(directory, *parts))
 
 
 def is_file(path: str) -> bool:
     if is_url(path):
-        from pipelines.common import artifacts
+        from pipelines.common import files
 
-        return artifacts.exists(path)
+        return files.exists(path)
     return Path(path).is_file()
 
 
 def open_text(path: str, encoding: str = "utf-8") -> io.TextIOBase:
     """A text file from a local path or any filesystem Beam supports (gs://, s3://...)."""
     if is_url(path):
-        from pipelines.common import artifacts
+        from pipelines.common import files
 
-        return io.StringIO(artifacts.read_bytes(path).decode(encoding), newline=None)  # newlines as open() reads them
+        return io.StringIO(files.read_bytes(path).decode(encoding), newline=None)  # newlines as open() reads them
     return open(path, encoding=encoding)
 
+
+
+def read_bytes(path: str) -> bytes:
+    if is_url(path):
+        from pipelines.common import files
+
+        return files.read_bytes(path)
+    return Path(path).read_bytes()

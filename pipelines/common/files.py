@@ -1,0 +1,137 @@
+"""The one filesystem layer: every job reads and writes through these helpers.
+
+Paths may be local or URLs (gs://, s3://, ...). URLs go through Beam's
+FileSystems; local paths use the standard library where it gives something
+Beam's layer cannot (exclusive create, directory walks, atomic rename).
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from typing import BinaryIO
+
+from apache_beam.io.filesystems import FileSystems
+
+
+def is_url(path: str) -> bool:
+    return "://" in str(path)
+
+
+def join(directory: str, *parts: str) -> str:
+    return FileSystems.join(str(directory), *parts)
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute; a URL (``scheme://``) already is, and ``os.path`` would mangle it."""
+    return str(path) if is_url(path) else os.path.abspath(path)
+
+
+def relative(path: str, directory: str) -> str:
+    """``path`` relative to ``directory`` (which must contain it), with ``/`` separators."""
+    path, directory = absolute(path), absolute(directory).rstrip("/")
+    if not path.startswith(directory + "/"):
+        raise ValueError(f"{path} is not inside {directory}")
+    return path[len(directory) + 1:]
+
+
+def exists(path: str) -> bool:
+    return FileSystems.exists(str(path))
+
+
+def list_files(pattern: str) -> list[str]:
+    """Files matching a glob, sorted."""
+    return sorted(m.path for m in FileSystems.match([str(pattern)])[0].metadata_list)
+
+
+def list_tree(directory: str) -> list[str]:
+    """Every file below ``directory`` (any depth), sorted; empty when it does not exist."""
+    if not is_url(directory):
+        return sorted(os.path.join(root, name) for root, _, names in os.walk(directory) for name in names)
+    prefix = directory.rstrip("/") + "/"
+    return [p for p in list_files(prefix + "**") if p.startswith(prefix)]
+
+
+def sizes(paths: list[str]) -> dict[str, int | None]:
+    """Size in bytes of each path, None for a missing one."""
+    out: dict[str, int | None] = {}
+    for path in paths:
+        found = FileSystems.match([path])[0].metadata_list if exists(path) else []
+        out[path] = int(found[0].size_in_bytes) if found else None
+    return out
+
+
+def makedirs(directory: str) -> None:
+    """Create ``directory`` unless it exists (object stores have no directories: nothing to do there)."""
+    if not exists(directory):
+        FileSystems.mkdirs(str(directory))
+
+
+def create(path: str) -> BinaryIO:
+    """A binary file opened for writing, on any filesystem."""
+    return FileSystems.create(str(path))
+
+
+def read_bytes(path: str) -> bytes:
+    with FileSystems.open(str(path)) as f:
+        return f.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` aside, then rename it over ``path``: a crash or a full disk never leaves half a file.
+
+    Local renames are atomic; object stores copy then delete, so a reader
+    sees either the old object or the whole new one.
+    """
+    head, name = path.rsplit("/", 1) if "/" in path else (".", path)
+    tmp = f"{head}/.{uuid.uuid4().hex[:8]}.{name}.tmp"  # never a prefix of ``path`` (object stores match prefixes)
+    try:
+        with create(tmp) as f:
+            f.write(data)
+        if is_url(path):
+            if exists(path):
+                FileSystems.delete([path])
+            FileSystems.rename([tmp], [path])
+        else:
+            os.replace(tmp, path)
+    finally:
+        if exists(tmp):
+            FileSystems.delete([tmp])
+
+
+def write_text(path: str, text: str) -> None:
+    write_atomic(path, text.encode("utf-8"))
+
+
+def delete(paths: list[str]) -> None:
+    """Delete these files (never directories); missing ones are ignored."""
+    present = [p for p in paths if exists(p)]
+    if present:
+        FileSystems.delete(present)
+
+
+def remove_empty_dirs(directory: str) -> None:
+    """Remove empty directories below ``directory`` (local paths; object stores have none)."""
+    if is_url(directory) or not os.path.isdir(directory):
+        return
+    for root, dirs, _ in os.walk(directory, topdown=False):
+        for name in dirs:
+            try:
+                os.rmdir(os.path.join(root, name))
+            except OSError:
+                pass  # not empty
+
+
+def remove_if_empty(directory: str) -> None:
+    """Remove ``directory`` when no file is left below it (object stores: its entry, where one exists)."""
+    if list_tree(directory):
+        return
+    if is_url(directory):
+        if exists(directory):
+            FileSystems.delete([directory])
+    elif os.path.isdir(directory):
+        remove_empty_dirs(directory)
+        os.rmdir(directory)

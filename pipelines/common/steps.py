@@ -1,0 +1,84 @@
+"""Run steps and their state: what ``shrink run`` did, so a re-run redoes only what changed.
+
+``run_manifest.json`` in the work directory records every finished step
+with a key (a digest of its config and the identity of its inputs) and the
+corpus's increments. A step is skipped when its key is unchanged and its
+output is complete; otherwise it runs (and, through the keys, everything
+downstream of it). Paths are stored relative to the work directory.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines.common import files, manifests
+
+log = logging.getLogger(__name__)
+RUN_MANIFEST = "run_manifest.json"
+
+
+@dataclass
+class Step:
+    name: str
+    output: str  # relative to the work directory
+    key: dict
+    action: Callable[[], dict]
+
+
+def input_identity(patterns: list[str]) -> list:
+    """Sizes and modification times of the corpus files: a changed corpus redoes everything."""
+    found = []
+    for result in FileSystems.match(list(patterns)):
+        found += [(m.path, m.size_in_bytes, m.last_updated_in_seconds) for m in result.metadata_list]
+    return sorted(found)
+
+
+class RunState:
+    """The work directory's ``run_manifest.json``: finished steps and increments."""
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+        self.path = files.join(workdir, RUN_MANIFEST)
+        self.steps: dict = {}
+        self.increments: list[dict] = []
+        if files.exists(self.path):
+            body = json.loads(files.read_text(self.path))
+            self.steps, self.increments = body.get("steps", {}), body.get("increments", [])
+
+    def abs(self, relative: str) -> str:
+        return files.join(self.workdir, relative)
+
+    def is_done(self, step: Step) -> bool:
+        record = self.steps.get(step.name)
+        return (record is not None and record["key"] == manifests.fingerprint(step.key)
+                and files.exists(manifests.path(self.abs(step.output))))
+
+    def record(self, step: Step, seconds: float, summary: dict) -> None:
+        self.steps[step.name] = {"key": manifests.fingerprint(step.key), "output": step.output,
+                                 "seconds": round(seconds, 2), **summary,
+                                 "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self.save()
+
+    def save(self) -> None:
+        files.write_text(self.path, json.dumps({"steps": self.steps, "increments": self.increments},
+                                               indent=2, sort_keys=True))
+
+    def execute(self, step: Step, force: bool = False) -> bool:
+        """Run ``step`` unless it is done; True if it ran. Prints one line per step."""
+        if not force and self.is_done(step):
+            log.info("step %-14s up to date, skipped (%s)", step.name, step.output)
+            return False
+        log.info("step %-14s running -> %s", step.name, step.output)
+        start = time.monotonic()
+        manifest = step.action() or {}
+        seconds = time.monotonic() - start
+        summary = {k: manifest[k] for k in ("records", "rows_analyzed", "epochs_run") if k in manifest}
+        self.record(step, seconds, summary)
+        detail = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in summary.items())
+        print(f"  {step.name:<14} {seconds:7.1f} s  {detail:<28} -> {step.output}", flush=True)
+        return True

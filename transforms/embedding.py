@@ -1,0 +1,169 @@
+"""Embedding sentences in Beam: the encoder model handler, vector checks and record serialization.
+
+Shared by the embed job and by reduce's raw-text input. ``EmbedSentences``
+runs ``RunInference`` (batched with ``BatchElements``, one model per worker
+process, loaded in ``setup``) and dead-letters vectors that are not finite
+or of the wrong size; ``EmbedCorpus`` is the whole corpus -> vectors chain.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+
+from pipelines.common import deadletter as dl
+from pipelines.common import records
+from pipelines.common.beam_runner import ProgressLog
+from transforms.corpus import DEAD, NAMESPACE, ReadCorpus
+from transforms.dedupe import Deduplicate
+from transforms.encoders import Encoder, load_encoder, validate_spec, worker_threads
+from pipelines.common.errors import InputError
+from transforms.sinks import DeadLetterCounter, reconcile
+
+log = logging.getLogger(__name__)
+
+
+def _encode_checked(model: Encoder, batch: Sequence[str]) -> np.ndarray:
+    vectors = model.encode(batch)
+    if vectors.ndim != 2 or vectors.shape[0] != len(batch):
+        raise ValueError(f"encoder returned shape {vectors.shape} for a batch of {len(batch)}")
+    return vectors
+
+
+def _encode_one(model: Encoder, text: str) -> PredictionResult:
+    """A sentence's vector, or (as ``inference``) the error message it caused."""
+    try:
+        return PredictionResult(text, _encode_checked(model, [text])[0])
+    except Exception as e:  # noqa: BLE001 - reported per sentence as a dead letter
+        return PredictionResult(text, f"{type(e).__name__}: {e}")
+
+
+class EncoderModelHandler(ModelHandler[str, PredictionResult, Encoder]):
+    """RunInference handler: one encoder per worker process, batches of sentences.
+
+    ``threads`` None means "this process's share of the machine's cores",
+    computed on the worker from ``processes_per_machine``. A batch that makes
+    the encoder raise is retried sentence by sentence; a sentence that fails
+    on its own comes back with its error message as ``inference``.
+    """
+
+    def __init__(self, spec: str, threads: int | None = None, processes_per_machine: int = 1,
+                 min_batch_size: int = 64, max_batch_size: int = 1024):
+        super().__init__()
+        self.spec = validate_spec(spec)
+        self.threads, self.processes_per_machine = threads, processes_per_machine
+        self._batch_kwargs = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
+
+    def load_model(self) -> Encoder:
+        threads = self.threads or worker_threads(self.processes_per_machine)
+        log.info("loading encoder %s with %d BLAS thread(s)", self.spec, threads)
+        return load_encoder(self.spec, threads)
+
+    def run_inference(self, batch: Sequence[str], model: Encoder,
+                      inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
+        try:
+            vectors = _encode_checked(model, batch)
+        except Exception:  # noqa: BLE001 - find the sentence(s) at fault instead of losing the batch
+            log.warning("encoder failed on a batch of %d; retrying one sentence at a time", len(batch))
+            return [_encode_one(model, text) for text in batch]
+        return [PredictionResult(text, vec) for text, vec in zip(batch, vectors)]
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return self._batch_kwargs
+
+    def get_metrics_namespace(self) -> str:
+        return "encoder"
+
+
+class _CheckVector(beam.DoFn):
+    """Keeps finite vectors of the expected dimension; dead-letters the rest."""
+
+    def __init__(self, dim: int):
+        self.dim = dim
+
+    def setup(self):
+        self.embedded = Metrics.counter(NAMESPACE, "embedded")
+        self.dead = DeadLetterCounter(NAMESPACE)
+        self.progress = ProgressLog("sentences embedded")
+
+    def process(self, element):
+        id_, result = element
+        text, vector = result.example, result.inference
+        if isinstance(vector, str):
+            yield self.dead.output(dl.ENCODER_ERROR, "encoder", text, id_=id_, detail=vector)
+        elif vector.shape != (self.dim,):
+            yield self.dead.output(dl.WRONG_DIMENSION, "encoder", text, id_=id_,
+                                   detail=f"shape {vector.shape}, expected ({self.dim},)")
+        elif not np.all(np.isfinite(vector)):
+            yield self.dead.output(dl.NON_FINITE, "encoder", text, id_=id_, detail="NaN or Inf in the vector")
+        else:
+            self.embedded.inc()
+            self.progress.add()
+            yield id_, text, vector
+
+
+class EmbedSentences(beam.PTransform):
+    """``(id, sentence)`` -> ``{'vectors': (id, sentence, float32 vector), 'dead': json line}``."""
+
+    def __init__(self, handler: EncoderModelHandler, dim: int):
+        super().__init__()
+        self.handler, self.dim = handler, dim
+
+    def expand(self, unique):
+        results = unique | "Encode" >> RunInference(KeyedModelHandler(self.handler))
+        checked = results | "CheckVectors" >> beam.ParDo(_CheckVector(self.dim)).with_outputs(DEAD, main="vectors")
+        return {"vectors": checked.vectors, DEAD: checked[DEAD]}
+
+
+class EmbedCorpus(beam.PTransform):
+    """Corpus files -> ``{'vectors': (id, sentence, vector), 'dead': json lines}``: read, dedupe, embed.
+
+    ``previous`` (a PCollection of ids and sentences embedded by earlier runs)
+    turns on incremental mode (see ``Deduplicate``).
+    """
+
+    def __init__(self, read: ReadCorpus, handler: EncoderModelHandler, dim: int, previous=None):
+        super().__init__()
+        self.read, self.handler, self.dim, self.previous = read, handler, dim, previous
+
+    def expand(self, pbegin):
+        corpus = pbegin | "ReadCorpus" >> self.read
+        deduped = corpus["records"] | "Deduplicate" >> Deduplicate(self.previous)
+        embedded = deduped.unique | "Embed" >> EmbedSentences(self.handler, self.dim)
+        dead = (corpus[DEAD], deduped[DEAD], embedded[DEAD]) | "EmbedDeadLetters" >> beam.Flatten()
+        return {"vectors": embedded["vectors"], DEAD: dead}
+
+
+class _ToExamples(beam.DoFn):
+    def process(self, batch):
+        ids, texts, vectors = zip(*batch)
+        yield records.encode_examples(list(ids), np.stack(vectors), list(texts))
+
+
+class ToExamples(beam.PTransform):
+    """``(id, sentence, vector)`` -> lists of serialized records, a batch at a time."""
+
+    def expand(self, vectors):
+        return (vectors
+                | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=1024)
+                | "Serialize" >> beam.ParDo(_ToExamples()))
+
+
+EMBED_OUTCOMES = ("embedded", "duplicate", "already_embedded", "dead_letter")
+PARTIAL_FILE_REASONS = (dl.TRUNCATED_FILE, dl.UNREADABLE_FILE)
+
+
+def reconcile_embedding(counts: dict[str, int], allow_partial_files: bool, deadletter_dir: str) -> dict[str, int]:
+    """The corpus counts, reconciled; fails (unless allowed) when input files ended early or were unreadable."""
+    full = reconcile(counts, "read", EMBED_OUTCOMES)
+    partial = {r: full.get(f"dead_letter_{r}", 0) for r in PARTIAL_FILE_REASONS}
+    if any(partial.values()) and not allow_partial_files:
+        raise InputError(
+            f"{sum(partial.values())} input file(s) ended early or could not be read ({partial}); the records read "
+            f"before the damage were kept and the files are listed in {deadletter_dir}. Repair the files, or pass "
+            "--allow_partial_files to keep what could be read")
+    return full

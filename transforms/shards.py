@@ -1,0 +1,68 @@
+"""Reading the shards of datasets in Beam: exactly the files their manifests list, counted.
+
+Each shard is read whole by one worker, in batches of ``batch_size`` raw
+records (the batches, hence reduce's fixed-size reducer calls, depend only
+on the shard list). A damaged record fails the job with the shard's name
+and the position, not a dump of its bytes; the ``read`` counter is checked
+against the manifests by the job when the pipeline is done.
+"""
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import _TFRecordUtil
+from apache_beam.metrics import Metrics
+
+from pipelines.common.dataset import EmbeddingDataset
+from pipelines.common.errors import DataError
+
+
+def read_records(path: str):
+    """Every serialized record of one TFRecord shard, in order; DataError naming the shard on damage."""
+    n = 0
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        while True:
+            try:
+                record = _TFRecordUtil.read_record(f)
+            except ValueError as e:  # Beam's message carries a hex dump of the bytes: keep its first words
+                raise DataError(f"{path}: damaged record after {n} good ones ({str(e).split(':')[0]})") from None
+            if record is None:
+                return
+            n += 1
+            yield record
+
+
+class _ReadShard(beam.DoFn):
+    def __init__(self, namespace: str, batch_size: int):
+        self.namespace, self.batch_size = namespace, batch_size
+
+    def setup(self):
+        self.read = Metrics.counter(self.namespace, "read")
+
+    def process(self, path: str):
+        batch = []
+        for record in read_records(path):
+            batch.append(record)
+            if len(batch) == self.batch_size:
+                self.read.inc(len(batch))
+                yield batch
+                batch = []
+        if batch:
+            self.read.inc(len(batch))
+            yield batch
+
+
+class ReadShards(beam.PTransform):
+    """Datasets -> lists of up to ``batch_size`` serialized records; counter ``<namespace>/read``."""
+
+    def __init__(self, datasets: list[EmbeddingDataset], namespace: str, batch_size: int = 1024):
+        super().__init__()
+        self.paths = [p for d in datasets for p in d.shards]
+        self.namespace, self.batch_size = namespace, batch_size
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "ShardList" >> beam.Create(self.paths)
+                | "SpreadShards" >> beam.Reshuffle()
+                | "ReadShard" >> beam.ParDo(_ReadShard(self.namespace, self.batch_size)))
