@@ -111,7 +111,7 @@ def pca_reducer(x: np.ndarray, k: int):
 
 def _encoder(model):
     def reduce(v: np.ndarray) -> np.ndarray:
-        return np.concatenate([keras.ops.convert_to_numpy(model.encode(v[i:i + 65536]))
+        return np.concatenate([keras.ops.convert_to_numpy(model.reduce(v[i:i + 65536]))
                                for i in range(0, len(v), 65536)])
     return reduce
 

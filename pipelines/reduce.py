@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 
 import apache_beam as beam
-from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.common import config as cfg
@@ -31,7 +30,7 @@ from pipelines.common.outputs import OutputDir
 from transforms import corpus
 from transforms.embedding import EmbedCorpus, EncoderModelHandler, reconcile_embedding
 from transforms.encoders import DEFAULT_ENCODER, validate_spec
-from transforms.reduction import DTYPES, NAMESPACE, BatchVectors, ParseRecords, ReduceBatch, parquet_schema
+from transforms.reduction import DTYPES, NAMESPACE, BatchVectors, ParseRecords, ReduceBatch, WriteInOrder
 from transforms.shards import ReadShards
 from transforms.sinks import DEAD, DEADLETTER_DIR, WriteDeadLetters, reconcile
 
@@ -92,7 +91,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop_text", action=argparse.BooleanOptionalAction, default=False,
                    help="write ids and vectors only")
     p.add_argument("--batch_size", type=int, default=ReduceConfig.batch_size, help="rows per reducer call")
-    p.add_argument("--num_shards", type=int, default=0, help="output shards; 0 lets the runner decide")
+    p.add_argument("--num_shards", type=int, default=0,
+                   help="output shards; 0: as many as the input has (one for --text_input)")
     p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                    help="replace an earlier reduce output of different parameters in --output")
     return p
@@ -120,13 +120,9 @@ def build(p: beam.Pipeline, config: ReduceConfig, source: EmbeddingDataset | Non
     columns, dead = read_columns(p, config, source, options)
     fn = ReduceBatch(config.reducer, keep_text, config.format, config.dtype, config.batch_size)
     reduced = columns | "Reduce" >> beam.ParDo(fn).with_outputs(DEAD, main="rows")
-    prefix = files.join(config.output, DATA_PREFIX)
-    if config.format == "parquet":
-        _ = reduced.rows | "WriteParquet" >> WriteToParquetBatched(
-            prefix, schema=parquet_schema(reducer.output_dim, config.dtype, keep_text),
-            file_name_suffix=".parquet", num_shards=config.num_shards)
-    else:
-        _ = reduced.rows | "WriteTFRecord" >> records.write_tfrecord_batches(prefix, config.num_shards)
+    input_shards = len(source.shards) if source is not None else 1
+    _ = reduced.rows | "WriteShards" >> WriteInOrder(files.join(config.output, DATA_PREFIX),
+                                                     config.num_shards or input_shards, input_shards, config.format)
     _ = (reduced[DEAD], *dead) | "DeadLetters" >> WriteDeadLetters(config.output)
 
 

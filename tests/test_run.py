@@ -69,6 +69,13 @@ def test_run_end_to_end_then_skip_and_redo(tmp_path, corpus, shared_data):
     assert pca["rows_analyzed"] > 400
     assert run.main(aware)["steps_run"] == []
 
+    mine = [work / d / "my-notes.txt" for d in ("embeddings", "pca", "autoencoder", "reduced")]
+    for path in mine:
+        path.write_text("not the tool's")
+    forced = run.main(aware + ["--force"])
+    assert {"embed", "fit-pca", "train", "evaluate", "reduce"} <= set(forced["steps_run"])
+    assert all(path.read_text() == "not the tool's" for path in mine)
+
 
 def test_incremental_runs_extend_the_corpus_and_refit_on_drift(tmp_path):
     hub = save_text_encoder(str(tmp_path / "hub"), 512)

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tests.hub_models import save_text_encoder
-from trainer import export
+from trainer import export, task
 from trainer.model import DenseTied, build_autoencoder, rank_loss, reconstruction_loss, similarity_loss
 
 DIM = 24
@@ -18,12 +18,12 @@ def _x(n=64, seed=0):
 
 
 def _codes(model, x):
-    return keras.ops.convert_to_numpy(model.encode(x))
+    return keras.ops.convert_to_numpy(model.reduce(x))
 
 
 def test_dense_tied_shares_one_kernel_and_gets_gradients_from_both_paths():
-    model = build_autoencoder(DIM, sizes=[12, 6])
-    enc0, enc1 = model.encoder_layers
+    model = build_autoencoder(DIM, sizes=[12, 6], tied=True)
+    enc0, enc1 = model.reducer_layers
     dec1, dec0 = model.decoder_layers
     assert isinstance(dec0, DenseTied) and dec0.partner is enc0 and dec1.partner is enc1
     kernels = [w for w in model.weights if w.path.endswith("kernel")]
@@ -35,7 +35,7 @@ def test_dense_tied_shares_one_kernel_and_gets_gradients_from_both_paths():
     x = tf.constant(_x())
     codes = tf.constant(_codes(model, x))
     with tf.GradientTape(persistent=True) as tape:
-        through_encoder = tf.reduce_sum(model.encode(x))
+        through_encoder = tf.reduce_sum(model.reduce(x))
         through_decoder = tf.reduce_sum(model.decode(codes) ** 2)
         full = tf.reduce_sum((model(x) - x) ** 2)
     k0 = enc0.kernel.value
@@ -63,9 +63,24 @@ def test_bottleneck_codes_have_unit_norm_only_when_normalized():
     assert np.abs(raw - 1.0).max() > 1e-2
 
 
+def test_the_default_model_is_untied_as_the_trainer_default_is():
+    assert build_autoencoder(DIM).get_config()["tied"] is False
+    assert task.TrainConfig.tied is False
+
+
+def test_former_class_names_still_load():
+    old_bottleneck = keras.saving.get_registered_object("use_shrink>L2Normalize")
+    x = _x(4)
+    np.testing.assert_allclose(np.linalg.norm(keras.ops.convert_to_numpy(old_bottleneck(epsilon=1e-12)(x)),
+                                              axis=1), 1.0, atol=1e-6)
+    config = build_autoencoder(DIM, sizes=[12, 6], tied=True).get_config()
+    old = keras.saving.get_registered_object("use_shrink>TiedAutoencoder").from_config(config)
+    assert old.tied is True and old.sizes == [12, 6]
+
+
 def test_save_load_round_trip_in_safe_mode_gives_identical_codes(tmp_path):
-    model = build_autoencoder(DIM, sizes=[12, 6], loss="cosine", similarity_weight=0.5, rank_weight=2.0,
-                              rank_temperature=0.1)
+    model = build_autoencoder(DIM, sizes=[12, 6], tied=True, loss="cosine", similarity_weight=0.5,
+                              rank_weight=2.0, rank_temperature=0.1)
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     x = _x()
     model.fit(x, epochs=1, batch_size=16, verbose=0)  # weights differ from any fresh init
@@ -76,7 +91,7 @@ def test_save_load_round_trip_in_safe_mode_gives_identical_codes(tmp_path):
     np.testing.assert_array_equal(_codes(loaded, x), _codes(model, x))
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x)))
     assert len(loaded.weights) == len(model.weights)
-    assert loaded.decoder_layers[-1].partner is loaded.encoder_layers[0]
+    assert loaded.decoder_layers[-1].partner is loaded.reducer_layers[0]
 
 
 def test_losses():
@@ -137,7 +152,7 @@ def test_exported_head_gives_the_keras_encoder_codes(tmp_path):
     x = _x()
     head_dir = export.export_head(model, str(tmp_path))
     want = _codes(model, x)
-    model.encoder_layers[0].kernel.assign(model.encoder_layers[0].kernel.value + 0.1)  # the live model moves on
+    model.reducer_layers[0].kernel.assign(model.reducer_layers[0].kernel.value + 0.1)  # the live model moves on
     fn = export.load_head(head_dir)
     assert fn.structured_input_signature[1]["embedding"].shape.as_list() == [None, DIM]
     out = fn(embedding=tf.constant(x))

@@ -86,7 +86,7 @@ def test_two_epochs_reduce_validation_loss_and_export_the_artifact(dataset, tmp_
     model = keras.models.load_model(str(out / export.KERAS_MODEL_FILE), safe_mode=True)
     x = _all(val)
     codes = export.load_head(str(out / on_disk["head"]))(embedding=tf.constant(x))["reduced"].numpy()
-    np.testing.assert_allclose(codes, keras.ops.convert_to_numpy(model.encode(x)), atol=1e-6)
+    np.testing.assert_allclose(codes, keras.ops.convert_to_numpy(model.reduce(x)), atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(codes, axis=1), 1.0, atol=1e-5)
     reducer = load_reducer(str(out))  # the interface the reduce job uses
     assert (reducer.kind, reducer.input_dim, reducer.output_dim) == ("autoencoder", DIM, 8)
@@ -227,7 +227,7 @@ def test_reduce_job_with_an_autoencoder_artifact(dataset, tmp_path):
     source = {r["id"]: r["embedding"] for r in read_records(dataset)}
     ids = sorted(source)
     model = keras.models.load_model(str(out / export.KERAS_MODEL_FILE), safe_mode=True)
-    want = keras.ops.convert_to_numpy(model.encode(np.stack([source[i] for i in ids])))
+    want = keras.ops.convert_to_numpy(model.reduce(np.stack([source[i] for i in ids])))
     np.testing.assert_allclose(np.stack([rows[i] for i in ids]), want, atol=1e-5)
 
 

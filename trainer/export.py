@@ -1,6 +1,6 @@
 """Exports of a trained autoencoder: the reduction head and a text model.
 
-The head is the encoder half as a plain TF SavedModel with the interface the
+The head is the reducing half as a plain TF SavedModel with the interface the
 PCA reducer shares: signature ``serving_default`` taking float32
 ``[None, input_dim]`` as ``embedding`` and returning
 ``{"reduced": float32 [None, output_dim]}``. Neither Keras nor this package
@@ -15,29 +15,29 @@ import tensorflow as tf
 
 from pipelines.common import reducers
 from pipelines.common.reducers import INPUT_NAME, OUTPUT_NAME, SIGNATURE
-from trainer.model import TiedAutoencoder
+from trainer.model import Autoencoder
 
 TEXT_MODEL_DIR = "text_model"
 KERAS_MODEL_FILE = "model.keras"
 
 
-class _Encoder(tf.Module):
-    """The encoder half of a trained model, holding the variables it reads."""
+class _ReductionHead(tf.Module):
+    """The reducing half of a trained model, holding the variables it reads."""
 
-    def __init__(self, model: TiedAutoencoder):
+    def __init__(self, model: Autoencoder):
         super().__init__(name="autoencoder_head")
-        layers = [*model.encoder_layers] + ([model.bottleneck] if model.bottleneck is not None else [])
+        layers = [*model.reducer_layers] + ([model.bottleneck] if model.bottleneck is not None else [])
         # The backing tf.Variables, listed so that the SavedModel stores them.
         self.weights = [w.value for layer in layers for w in layer.weights]
-        self._encode = model.encode
+        self._reduce = model.reduce
 
     def __call__(self, embedding):
-        return self._encode(embedding)
+        return self._reduce(embedding)
 
 
-def export_head(model: TiedAutoencoder, artifact_dir: str) -> str:
-    """Write the encoder half of ``model`` as ``<artifact_dir>/head``; returns that path."""
-    return reducers.save_head(_Encoder(model), artifact_dir, model.input_dim)
+def export_head(model: Autoencoder, artifact_dir: str) -> str:
+    """Write the reducing half of ``model`` as ``<artifact_dir>/head``; returns that path."""
+    return reducers.save_head(_ReductionHead(model), artifact_dir, model.input_dim)
 
 
 class _TextModel(tf.Module):

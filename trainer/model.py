@@ -1,11 +1,13 @@
-"""The tied autoencoder that reduces 512-d sentence embeddings to 128-d codes.
+"""The autoencoder that reduces 512-d sentence embeddings to 128-d codes.
 
-Encoder: Dense layers (selu by default) down to the code size, then an
-optional unit-L2 normalization, so that a code's dot product is a cosine.
-Decoder: mirrored layers; with tying on, each decoder layer is a
-``DenseTied`` that multiplies by the *transposed kernel of its encoder
-partner* and owns only its bias (half the parameters, a built-in
-regularizer). The last decoder layer is linear and outputs the input size.
+Reducing half: Dense layers (selu by default) down to the code size, then an
+optional unit-L2 normalization (Keras's ``UnitNormalization``), so that a
+code's dot product is a cosine. Decoder: mirrored layers; with tying on
+(the reference design), each decoder layer is a ``DenseTied`` that
+multiplies by the *transposed kernel of its reducing partner* and owns only
+its bias (half the parameters, a built-in regularizer). The last decoder
+layer is linear and outputs the input size. ("Encoder" in this project is
+the sentence encoder only; the autoencoder's first half is the reducer.)
 
 Everything is rebuilt from plain config values (layer sizes, activation,
 flags), so a saved ``.keras`` model reloads in Keras safe mode.
@@ -19,22 +21,12 @@ PACKAGE = "use_shrink"
 LOSSES = ("mse", "cosine")
 
 
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class L2Normalize(keras.layers.Layer):
-    """Scales each row to unit L2 norm (the bottleneck normalization)."""
+@keras.saving.register_keras_serializable(package=PACKAGE, name="L2Normalize")
+class _LegacyL2Normalize(keras.layers.UnitNormalization):
+    """Loads models saved with this project's former bottleneck layer ``L2Normalize`` (same math)."""
 
     def __init__(self, epsilon: float = 1e-12, **kwargs):
         super().__init__(**kwargs)
-        self.epsilon = epsilon
-
-    def call(self, x):
-        return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), self.epsilon))
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "epsilon": self.epsilon}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -43,7 +35,7 @@ class DenseTied(keras.layers.Layer):
 
     It owns only its bias: ``y = act(x @ partner.kernel.T + bias)``. The
     partner is an object reference, not config; the model that owns both
-    layers (``TiedAutoencoder``) re-links them when it is rebuilt from config.
+    layers (``Autoencoder``) re-links them when it is rebuilt from config.
     """
 
     def __init__(self, partner: keras.layers.Dense | None = None, activation=None,
@@ -136,14 +128,15 @@ def _unit(x):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class TiedAutoencoder(keras.Model):
+class Autoencoder(keras.Model):
     """Autoencoder whose loss is reconstruction (+ optional similarity and rank terms).
 
-    ``call`` returns the reconstruction; ``encode`` the bottleneck codes.
+    ``call`` returns the reconstruction; ``reduce`` the bottleneck codes.
+    Defaults are the trainer's: untied (``tied=True`` is the reference design).
     """
 
     def __init__(self, input_dim: int = 512, sizes: tuple[int, ...] | list[int] = (256, 128),
-                 activation: str = "selu", normalize: bool = True, tied: bool = True,
+                 activation: str = "selu", normalize: bool = True, tied: bool = False,
                  loss: str = "mse", similarity_weight: float = 0.0, rank_weight: float = 0.0,
                  rank_temperature: float = 0.05, **kwargs):
         super().__init__(**kwargs)
@@ -156,15 +149,15 @@ class TiedAutoencoder(keras.Model):
         self.loss_kind, self.similarity_weight = loss, float(similarity_weight)
         self.rank_weight, self.rank_temperature = float(rank_weight), float(rank_temperature)
 
-        self.encoder_layers = [keras.layers.Dense(s, activation=activation, name=f"encoder_{i}")
+        self.reducer_layers = [keras.layers.Dense(s, activation=activation, name=f"reducer_{i}")
                                for i, s in enumerate(self.sizes)]
-        self.bottleneck = L2Normalize(name="bottleneck") if self.normalize else None
+        self.bottleneck = keras.layers.UnitNormalization(name="bottleneck") if self.normalize else None
         outputs = [self.input_dim, *self.sizes[:-1]]
         self.decoder_layers = []
         for i in reversed(range(len(self.sizes))):
             act = None if i == 0 else activation  # mirrored; the output layer is linear
             if self.tied:
-                layer = DenseTied(self.encoder_layers[i], activation=act, name=f"decoder_{i}")
+                layer = DenseTied(self.reducer_layers[i], activation=act, name=f"decoder_{i}")
             else:
                 layer = keras.layers.Dense(outputs[i], activation=act, name=f"decoder_{i}")
             self.decoder_layers.append(layer)
@@ -175,7 +168,7 @@ class TiedAutoencoder(keras.Model):
 
     def build(self, input_shape):
         shape = (None, self.input_dim)
-        for layer in self.encoder_layers:
+        for layer in self.reducer_layers:
             layer.build(shape)
             shape = layer.compute_output_shape(shape)
         for layer in self.decoder_layers:
@@ -183,8 +176,8 @@ class TiedAutoencoder(keras.Model):
             shape = layer.compute_output_shape(shape)
         super().build(input_shape)
 
-    def encode(self, x):
-        for layer in self.encoder_layers:
+    def reduce(self, x):
+        for layer in self.reducer_layers:
             x = layer(x)
         return self.bottleneck(x) if self.bottleneck is not None else x
 
@@ -194,13 +187,13 @@ class TiedAutoencoder(keras.Model):
         return codes
 
     def call(self, x):
-        return self.decode(self.encode(x))
+        return self.decode(self.reduce(x))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         target = x if y is None else y
         loss = reconstruction_loss(target, y_pred, self.loss_kind)
         if self.similarity_weight or self.rank_weight:
-            codes = self.encode(x)
+            codes = self.reduce(x)
             if self.similarity_weight:
                 loss = loss + self.similarity_weight * similarity_loss(x, codes)
             if self.rank_weight:
@@ -219,8 +212,13 @@ class TiedAutoencoder(keras.Model):
         return cls(**config)
 
 
-def build_autoencoder(input_dim: int, **config) -> TiedAutoencoder:
-    """A built ``TiedAutoencoder`` (weights exist, ready to save or export)."""
-    model = TiedAutoencoder(input_dim=input_dim, **config)
+@keras.saving.register_keras_serializable(package=PACKAGE, name="TiedAutoencoder")
+class _LegacyTiedAutoencoder(Autoencoder):
+    """Loads models saved under the class's former name (their config names ``tied`` explicitly)."""
+
+
+def build_autoencoder(input_dim: int, **config) -> Autoencoder:
+    """A built ``Autoencoder`` (weights exist, ready to save or export)."""
+    model = Autoencoder(input_dim=input_dim, **config)
     model.build((None, input_dim))
     return model

@@ -61,8 +61,8 @@ class Deduplicate(beam.PTransform):
                 | "Resolve" >> beam.ParDo(_Resolve()).with_outputs(DEAD, main="unique"))
 
 
-def _previous_records(batch: list[bytes]):
-    for serialized in batch:
+def _previous_records(positioned: tuple[tuple[int, int], list[bytes]]):
+    for serialized in positioned[1]:
         record = records.decode_example(serialized)
         yield record[records.ID], (record[records.TEXT], PREVIOUS)
 

@@ -93,17 +93,19 @@ class FitRows(beam.PTransform):
 
     def expand(self, pbegin):
         dim = self.datasets[0].dim
-        raw = pbegin | "ReadShards" >> ReadShards(self.datasets, self.namespace, self.batch_size)
+        raw = (pbegin
+               | "ReadShards" >> ReadShards(self.datasets, self.namespace, self.batch_size)
+               | "Records" >> beam.Values())
         if self.queries:
             dataset, repeat = self.queries
             queries = (pbegin
                        | "ReadQueries" >> ReadShards([dataset], f"{self.namespace}_queries", self.batch_size)
-                       | "RepeatQueries" >> beam.FlatMap(lambda batch: [batch] * repeat))
+                       | "RepeatQueries" >> beam.FlatMap(lambda positioned: [positioned[1]] * repeat))
             raw = (raw, queries) | "WithQueries" >> beam.Flatten()
         if self.fraction < 1:
             raw = raw | "Sample" >> beam.ParDo(_Sample(self.fraction, self.seed))
         batches = (raw
-                   | "Records" >> beam.FlatMap(lambda batch: batch)
+                   | "OneRecordEach" >> beam.FlatMap(lambda batch: batch)
                    | "ToRecordBatches" >> tfxio_source(self.datasets).RawRecordToRecordBatch(self.batch_size)
                    | "DropNonFinite" >> beam.ParDo(_DropNonFinite(self.namespace, dim)).with_outputs(
                        DEAD, main="batches"))

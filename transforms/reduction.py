@@ -10,15 +10,18 @@ output format: lists of serialized records, or Arrow tables for Parquet.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
 
 from pipelines.common import deadletter as dl
-from pipelines.common import records, reducers
+from pipelines.common import files, records, reducers
 from pipelines.common.beam_runner import ProgressLog
 from transforms.sinks import DEAD, DeadLetterCounter
 
@@ -30,10 +33,14 @@ DTYPES = {"float32": np.float32, "float16": np.float16}
 
 @dataclass
 class Columns:
-    """A batch of records as columns: ids, texts (or None) and a float32 ``[n, dim]`` matrix."""
+    """A batch of records as columns: ids, texts (or None) and a float32 ``[n, dim]`` matrix.
+
+    ``order`` is the batch's place in the input (shard, batch number): outputs are written in that order.
+    """
     ids: list[str]
     texts: list[str] | None
     vectors: np.ndarray
+    order: tuple[int, int] = (0, 0)
 
 
 def parquet_schema(dim: int, dtype: str, with_text: bool) -> pa.Schema:
@@ -53,18 +60,19 @@ class _ParseRecords(beam.DoFn):
         self.spec = records.feature_spec(self.dim, self.with_text)
         self.dead = DeadLetterCounter(NAMESPACE)
 
-    def process(self, batch: list[bytes]):
+    def process(self, positioned: tuple[tuple[int, int], list[bytes]]):
         import tensorflow as tf
 
+        order, batch = positioned
         try:  # fast path: the whole batch in one C++ call
             parsed = tf.io.parse_example(batch, self.spec)
             ids = [b.decode("utf-8") for b in parsed[records.ID].numpy()]
             texts = [b.decode("utf-8") for b in parsed[records.TEXT].numpy()] if self.with_text else None
-            yield from self._finite(Columns(ids, texts, parsed[records.EMBEDDING].numpy()), batch)
+            yield from self._finite(Columns(ids, texts, parsed[records.EMBEDDING].numpy(), order), batch)
         except (tf.errors.InvalidArgumentError, UnicodeDecodeError):
-            yield from self._one_by_one(batch)
+            yield from self._one_by_one(batch, order)
 
-    def _one_by_one(self, batch: list[bytes]):
+    def _one_by_one(self, batch: list[bytes], order: tuple[int, int]):
         """Slow path for a batch holding a bad record: find it, keep the others."""
         ids, texts, vectors, raws = [], [], [], []
         for raw in batch:
@@ -84,7 +92,8 @@ class _ParseRecords(beam.DoFn):
                 texts.append(row[records.TEXT])
                 vectors.append(vector)
                 raws.append(raw)
-        columns = Columns(ids, texts if self.with_text else None, np.asarray(vectors, np.float32).reshape(-1, self.dim))
+        columns = Columns(ids, texts if self.with_text else None, np.asarray(vectors, np.float32).reshape(-1, self.dim),
+                          order)
         yield from self._finite(columns, raws)
 
     def _finite(self, columns: Columns, raws: list[bytes]):
@@ -98,7 +107,8 @@ class _ParseRecords(beam.DoFn):
         elif finite.any():
             keep = np.flatnonzero(finite)
             yield Columns([columns.ids[i] for i in keep],
-                          None if columns.texts is None else [columns.texts[i] for i in keep], columns.vectors[keep])
+                          None if columns.texts is None else [columns.texts[i] for i in keep], columns.vectors[keep],
+                          columns.order)
 
 
 class ParseRecords(beam.PTransform):
@@ -115,8 +125,10 @@ class ParseRecords(beam.PTransform):
 
 
 def _columns(batch) -> Columns:
+    """A batch of freshly embedded rows; ordered by its smallest id (embedding batches follow the runner)."""
     ids, texts, vectors = zip(*batch)
-    return Columns(list(ids), list(texts), np.stack(vectors).astype(np.float32))
+    first = int(hashlib.sha256(min(ids).encode("utf-8")).hexdigest()[:12], 16)
+    return Columns(list(ids), list(texts), np.stack(vectors).astype(np.float32), (0, first))
 
 
 class BatchVectors(beam.PTransform):
@@ -169,7 +181,7 @@ class ReduceBatch(beam.DoFn):
         texts = [columns.texts[i] for i in keep] if self.keep_text else None
         self.written.inc(len(ids))
         self.progress.add(len(ids))
-        yield self._rows(ids, texts, reduced[keep])
+        yield columns.order, self._rows(ids, texts, reduced[keep])
 
     def _rows(self, ids: list[str], texts: list[str] | None, reduced: np.ndarray):
         if self.out_format == "tfrecord":
@@ -180,3 +192,47 @@ class ReduceBatch(beam.DoFn):
         flat = pa.array(reduced.reshape(-1), type=self.schema.field(records.EMBEDDING).type.value_type)
         columns[records.EMBEDDING] = pa.FixedSizeListArray.from_arrays(flat, self.reducer.output_dim)
         return pa.Table.from_pydict(columns, schema=self.schema)
+
+
+class _WriteShard(beam.DoFn):
+    """One output shard: its batches sorted by input position, written whole (atomically renamed)."""
+
+    def __init__(self, prefix: str, num_shards: int, out_format: str):
+        self.prefix, self.num_shards, self.out_format = prefix, num_shards, out_format
+
+    def process(self, element):
+        shard, batches = element
+        ordered = [rows for _, rows in sorted(batches, key=lambda b: b[0])]
+        suffix = "parquet" if self.out_format == "parquet" else "tfrecord"
+        path = f"{self.prefix}-{shard:05d}-of-{self.num_shards:05d}.{suffix}"
+        with files.create(path + ".tmp") as f:
+            if self.out_format == "parquet":
+                pq.write_table(pa.concat_tables(ordered), f, use_compliant_nested_type=False)
+            else:
+                for rows in ordered:
+                    for record in rows:
+                        _TFRecordUtil.write_record(f, record)
+        files.rename(path + ".tmp", path)
+        yield path
+
+
+class WriteInOrder(beam.PTransform):
+    """``(order, rows)`` -> ``prefix-SSSSS-of-NNNNN.{tfrecord,parquet}``, byte-identical on every run.
+
+    Beam's file sinks spread rows over shards in whatever order bundles
+    arrive; here an input batch at ``(shard, number)`` of ``input_shards``
+    always lands in output shard ``(shard + number * input_shards) % num_shards``
+    and shards hold their batches in input order.
+    """
+
+    def __init__(self, prefix: str, num_shards: int, input_shards: int, out_format: str):
+        super().__init__()
+        self.prefix, self.num_shards, self.input_shards = prefix, num_shards, max(1, input_shards)
+        self.out_format = out_format
+
+    def expand(self, rows):
+        n, s = self.num_shards, self.input_shards
+        return (rows
+                | "KeyByShard" >> beam.Map(lambda item: ((item[0][0] + item[0][1] * s) % n, item))
+                | "GroupByShard" >> beam.GroupByKey()
+                | "WriteShard" >> beam.ParDo(_WriteShard(self.prefix, n, self.out_format)))

@@ -40,21 +40,26 @@ class _ReadShard(beam.DoFn):
     def setup(self):
         self.read = Metrics.counter(self.namespace, "read")
 
-    def process(self, path: str):
-        batch = []
+    def process(self, element: tuple[int, str]):
+        shard, path = element
+        batch, number = [], 0
         for record in read_records(path):
             batch.append(record)
             if len(batch) == self.batch_size:
                 self.read.inc(len(batch))
-                yield batch
-                batch = []
+                yield (shard, number), batch
+                batch, number = [], number + 1
         if batch:
             self.read.inc(len(batch))
-            yield batch
+            yield (shard, number), batch
 
 
 class ReadShards(beam.PTransform):
-    """Datasets -> lists of up to ``batch_size`` serialized records; counter ``<namespace>/read``."""
+    """Datasets -> ``((shard, batch number), [serialized records])`` batches; counter ``<namespace>/read``.
+
+    The ``(shard, batch number)`` position lets a writer put rows back in a
+    fixed order, whatever order the runner processed them in.
+    """
 
     def __init__(self, datasets: list[EmbeddingDataset], namespace: str, batch_size: int = 1024):
         super().__init__()
@@ -63,6 +68,6 @@ class ReadShards(beam.PTransform):
 
     def expand(self, pbegin):
         return (pbegin
-                | "ShardList" >> beam.Create(self.paths)
+                | "ShardList" >> beam.Create(list(enumerate(self.paths)))
                 | "SpreadShards" >> beam.Reshuffle()
                 | "ReadShard" >> beam.ParDo(_ReadShard(self.namespace, self.batch_size)))

@@ -91,15 +91,19 @@ def write_atomic(path: str, data: bytes) -> None:
     try:
         with create(tmp) as f:
             f.write(data)
-        if is_url(path):
-            if exists(path):
-                FileSystems.delete([path])
-            FileSystems.rename([tmp], [path])
-        else:
-            os.replace(tmp, path)
+        rename(tmp, path)
     finally:
         if exists(tmp):
             FileSystems.delete([tmp])
+
+
+def rename(source: str, target: str) -> None:
+    """Move a file over ``target`` (atomic on local disks)."""
+    if is_url(target):
+        delete([target])
+        FileSystems.rename([source], [target])
+    else:
+        os.replace(source, target)
 
 
 def write_text(path: str, text: str) -> None:
