@@ -18,6 +18,7 @@ import re
 import sys
 import traceback
 
+from pipelines.common import logs
 from pipelines.common.errors import NAMES, ShrinkError
 
 COMMANDS = {
@@ -33,7 +34,8 @@ COMMANDS = {
 
 
 def _usage() -> str:
-    lines = ["usage: shrink <command> [options]  (shrink <command> --help for its options)", "", "commands:"]
+    lines = ["usage: shrink [-v] <command> [options]  (shrink <command> --help for its options)", "",
+             "  -v, --verbose  show every library's log lines too (or set SHRINK_LOG_LEVEL=DEBUG)", "", "commands:"]
     lines += [f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -57,9 +59,9 @@ def one_line(error: BaseException) -> str:
     return first if len(first) <= 600 else first[:600] + " ..."
 
 
-def run_job(module_name: str, argv: list[str]) -> int:
+def run_job(module_name: str, argv: list[str], verbose: bool = False) -> int:
     """Run ``module.main(argv)``; return the process exit code it deserves."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(verbose)
     try:
         importlib.import_module(module_name).main(argv)
         return 0
@@ -78,6 +80,8 @@ def run_job(module_name: str, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    verbose = bool(argv) and argv[0] in ("-v", "--verbose")
+    argv = argv[1:] if verbose else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         exit_now(0 if argv else 2)
@@ -85,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         exit_now(2)
-    exit_now(run_job(COMMANDS[command][0], rest))
+    exit_now(run_job(COMMANDS[command][0], rest, verbose))
 
 
 def module_main(module_name: str) -> None:

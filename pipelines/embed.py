@@ -27,7 +27,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.common import config as cfg
 from pipelines.common import files, manifests, records
 from pipelines.common.beam_runner import (counter_values, create_pipeline, parse_job_args, processes_per_machine,
-                                          run_and_wait)
+                                          progress_share, run_and_wait)
 from pipelines.common.dataset import EmbeddingDataset, open_all, shard_entries
 from pipelines.common.errors import ArtifactError, InputError
 from pipelines.common.outputs import OutputDir
@@ -97,11 +97,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def build(p: beam.Pipeline, config: EmbedConfig, handler: EncoderModelHandler,
-          previous: list[EmbeddingDataset] = ()) -> None:
+          previous: list[EmbeddingDataset] = (), share: int | None = 1) -> None:
     """read corpus -> dedupe (against previous outputs) -> embed -> shards, and dead letters."""
     read = ReadCorpus(list(config.input), config.input_format, config.text_field, config.id_field, config.max_chars)
     earlier = p | "Previous" >> ReadPrevious(list(previous)) if previous else None
-    embedded = p | "EmbedCorpus" >> EmbedCorpus(read, handler, config.embedding_dim, earlier)
+    embedded = p | "EmbedCorpus" >> EmbedCorpus(read, handler, config.embedding_dim, earlier, share)
     _ = (embedded["vectors"]
          | "ToExamples" >> ToExamples()
          | "WriteShards" >> records.write_tfrecord_batches(files.join(config.output, DATA_PREFIX), config.num_shards))
@@ -144,7 +144,7 @@ def run(config: EmbedConfig, options: PipelineOptions) -> dict:
                                       max_batch_size=config.max_batch_size)
         start = time.monotonic()
         p = create_pipeline(options)
-        build(p, config, handler, previous)
+        build(p, config, handler, previous, progress_share(options))
         counts = check_counts(run_and_wait(p), config, previous)
         elapsed = time.monotonic() - start
         records.write_schema(records.make_schema(config.embedding_dim), config.output)

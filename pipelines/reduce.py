@@ -23,7 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.common import config as cfg
 from pipelines.common import files, manifests, records, reducers
 from pipelines.common.beam_runner import (counter_values, create_pipeline, parse_job_args, processes_per_machine,
-                                          run_and_wait)
+                                          progress_share, run_and_wait)
 from pipelines.common.dataset import EmbeddingDataset, shard_entries
 from pipelines.common.errors import InputError
 from pipelines.common.outputs import OutputDir
@@ -110,7 +110,8 @@ def read_columns(p: beam.Pipeline, config: ReduceConfig, source: EmbeddingDatase
     handler = EncoderModelHandler(config.encoder, threads=config.encoder_threads or None,
                                   processes_per_machine=processes_per_machine(options),
                                   max_batch_size=config.max_batch_size)
-    embedded = p | "EmbedCorpus" >> EmbedCorpus(read, handler, config.embedding_dim)
+    embedded = p | "EmbedCorpus" >> EmbedCorpus(read, handler, config.embedding_dim,
+                                                 share=progress_share(options))
     return embedded["vectors"] | "BatchVectors" >> BatchVectors(config.batch_size), [embedded[DEAD]]
 
 
@@ -118,7 +119,8 @@ def build(p: beam.Pipeline, config: ReduceConfig, source: EmbeddingDataset | Non
           keep_text: bool, options: PipelineOptions) -> None:
     """read (shards or raw text) -> reduce in fixed-size calls -> TFRecord or Parquet, and dead letters."""
     columns, dead = read_columns(p, config, source, options)
-    fn = ReduceBatch(config.reducer, keep_text, config.format, config.dtype, config.batch_size)
+    fn = ReduceBatch(config.reducer, keep_text, config.format, config.dtype, config.batch_size,
+                     source.records if source else None, progress_share(options))
     reduced = columns | "Reduce" >> beam.ParDo(fn).with_outputs(DEAD, main="rows")
     input_shards = len(source.shards) if source is not None else 1
     _ = reduced.rows | "WriteShards" >> WriteInOrder(files.join(config.output, DATA_PREFIX),

@@ -33,7 +33,7 @@ from apache_beam.io.filesystems import CompressionTypes, FileSystems
 from apache_beam.metrics import Metrics
 
 from pipelines.common import deadletter as dl
-from pipelines.common.beam_runner import ProgressLog
+from pipelines.common.logs import Progress
 from pipelines.common.errors import InputError
 from pipelines.common.textnorm import normalize, text_id
 
@@ -300,7 +300,7 @@ class _Counters:
         self.read = Metrics.counter(NAMESPACE, "read")
         self.dead = Metrics.counter(NAMESPACE, "dead_letter")
         self.by_reason: dict[str, object] = {}
-        self.progress = ProgressLog("records read")
+        self.progress = Progress("records read")
 
     def dead_letter(self, reason: str, *args, **kwargs) -> beam.pvalue.TaggedOutput:
         if reason not in self.by_reason:

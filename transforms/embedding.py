@@ -17,7 +17,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 
 from pipelines.common import deadletter as dl
 from pipelines.common import records
-from pipelines.common.beam_runner import ProgressLog
+from pipelines.common.logs import Progress
 from transforms.corpus import DEAD, NAMESPACE, ReadCorpus
 from transforms.dedupe import Deduplicate
 from transforms.encoders import Encoder, load_encoder, validate_spec, worker_threads
@@ -79,6 +79,25 @@ class EncoderModelHandler(ModelHandler[str, PredictionResult, Encoder]):
         return "encoder"
 
 
+class _Progress(beam.DoFn):
+    """Passes sentences on to the encoder, logging count, rate and ETA.
+
+    It runs fused with ``RunInference``, which blocks on each full batch, so
+    its count runs at most one batch ahead of the sentences embedded. The
+    total (a side input) is known once the corpus has been read and deduplicated.
+    """
+
+    def __init__(self, share: int | None):
+        self.share = share
+        self.progress = None
+
+    def process(self, element, total: int):
+        if self.progress is None:
+            self.progress = Progress("sentences embedded", total, self.share)
+        self.progress.add()
+        yield element
+
+
 class _CheckVector(beam.DoFn):
     """Keeps finite vectors of the expected dimension; dead-letters the rest."""
 
@@ -88,7 +107,6 @@ class _CheckVector(beam.DoFn):
     def setup(self):
         self.embedded = Metrics.counter(NAMESPACE, "embedded")
         self.dead = DeadLetterCounter(NAMESPACE)
-        self.progress = ProgressLog("sentences embedded")
 
     def process(self, element):
         id_, result = element
@@ -102,19 +120,24 @@ class _CheckVector(beam.DoFn):
             yield self.dead.output(dl.NON_FINITE, "encoder", text, id_=id_, detail="NaN or Inf in the vector")
         else:
             self.embedded.inc()
-            self.progress.add()
             yield id_, text, vector
 
 
 class EmbedSentences(beam.PTransform):
-    """``(id, sentence)`` -> ``{'vectors': (id, sentence, float32 vector), 'dead': json line}``."""
+    """``(id, sentence)`` -> ``{'vectors': (id, sentence, float32 vector), 'dead': json line}``.
 
-    def __init__(self, handler: EncoderModelHandler, dim: int):
+    ``share``: local worker processes splitting the work (for the ETA), None when unknown.
+    """
+
+    def __init__(self, handler: EncoderModelHandler, dim: int, share: int | None = 1):
         super().__init__()
-        self.handler, self.dim = handler, dim
+        self.handler, self.dim, self.share = handler, dim, share
 
     def expand(self, unique):
-        results = unique | "Encode" >> RunInference(KeyedModelHandler(self.handler))
+        total = unique | "CountSentences" >> beam.combiners.Count.Globally()
+        results = (unique
+                   | "Progress" >> beam.ParDo(_Progress(self.share), total=beam.pvalue.AsSingleton(total))
+                   | "Encode" >> RunInference(KeyedModelHandler(self.handler)))
         checked = results | "CheckVectors" >> beam.ParDo(_CheckVector(self.dim)).with_outputs(DEAD, main="vectors")
         return {"vectors": checked.vectors, DEAD: checked[DEAD]}
 
@@ -126,14 +149,15 @@ class EmbedCorpus(beam.PTransform):
     turns on incremental mode (see ``Deduplicate``).
     """
 
-    def __init__(self, read: ReadCorpus, handler: EncoderModelHandler, dim: int, previous=None):
+    def __init__(self, read: ReadCorpus, handler: EncoderModelHandler, dim: int, previous=None,
+                 share: int | None = 1):
         super().__init__()
-        self.read, self.handler, self.dim, self.previous = read, handler, dim, previous
+        self.read, self.handler, self.dim, self.previous, self.share = read, handler, dim, previous, share
 
     def expand(self, pbegin):
         corpus = pbegin | "ReadCorpus" >> self.read
         deduped = corpus["records"] | "Deduplicate" >> Deduplicate(self.previous)
-        embedded = deduped.unique | "Embed" >> EmbedSentences(self.handler, self.dim)
+        embedded = deduped.unique | "Embed" >> EmbedSentences(self.handler, self.dim, self.share)
         dead = (corpus[DEAD], deduped[DEAD], embedded[DEAD]) | "EmbedDeadLetters" >> beam.Flatten()
         return {"vectors": embedded["vectors"], DEAD: dead}
 

@@ -21,6 +21,7 @@ from tfx_bsl.public import tfxio
 from pipelines.common import deadletter as dl
 from pipelines.common import records
 from pipelines.common.dataset import EmbeddingDataset
+from pipelines.common.logs import Progress
 from transforms.shards import ReadShards
 from transforms.sinks import DEAD, DeadLetterCounter
 
@@ -43,12 +44,13 @@ class _Sample(beam.DoFn):
 class _DropNonFinite(beam.DoFn):
     """Arrow batches without rows holding NaN/Inf (those are dead-lettered); counts analyzed rows."""
 
-    def __init__(self, namespace: str, dim: int):
-        self.namespace, self.dim = namespace, dim
+    def __init__(self, namespace: str, dim: int, expected: int | None):
+        self.namespace, self.dim, self.expected = namespace, dim, expected
 
     def setup(self):
         self.analyzed = Metrics.counter(self.namespace, "rows_analyzed")
         self.dead = DeadLetterCounter(self.namespace)
+        self.progress = Progress("rows fitted on", self.expected)
 
     def process(self, batch: pa.RecordBatch):
         column = batch.column(batch.schema.get_field_index(records.EMBEDDING))
@@ -61,6 +63,7 @@ class _DropNonFinite(beam.DoFn):
                                        detail="NaN or Inf in the vector: left out of the fit")
             batch = batch.filter(pa.array(finite))
         self.analyzed.inc(batch.num_rows)
+        self.progress.add(batch.num_rows)
         if batch.num_rows:
             yield batch
 
@@ -91,6 +94,11 @@ class FitRows(beam.PTransform):
         self.datasets, self.namespace, self.fraction, self.seed = datasets, namespace, fraction, seed
         self.queries, self.batch_size = queries, batch_size
 
+    def _expected(self) -> int:
+        """About how many rows reach the fit (for the progress ETA of a local run)."""
+        queries = self.queries[0].records * self.queries[1] if self.queries else 0
+        return int((sum(d.records for d in self.datasets) + queries) * self.fraction)
+
     def expand(self, pbegin):
         dim = self.datasets[0].dim
         raw = (pbegin
@@ -107,6 +115,6 @@ class FitRows(beam.PTransform):
         batches = (raw
                    | "OneRecordEach" >> beam.FlatMap(lambda batch: batch)
                    | "ToRecordBatches" >> tfxio_source(self.datasets).RawRecordToRecordBatch(self.batch_size)
-                   | "DropNonFinite" >> beam.ParDo(_DropNonFinite(self.namespace, dim)).with_outputs(
+                   | "DropNonFinite" >> beam.ParDo(_DropNonFinite(self.namespace, dim, self._expected())).with_outputs(
                        DEAD, main="batches"))
         return {"batches": batches.batches, DEAD: batches[DEAD]}

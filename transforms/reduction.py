@@ -22,7 +22,7 @@ from apache_beam.metrics import Metrics
 
 from pipelines.common import deadletter as dl
 from pipelines.common import files, records, reducers
-from pipelines.common.beam_runner import ProgressLog
+from pipelines.common.logs import Progress
 from transforms.sinks import DEAD, DeadLetterCounter
 
 NAMESPACE = "reduce"
@@ -147,16 +147,18 @@ class BatchVectors(beam.PTransform):
 class ReduceBatch(beam.DoFn):
     """Columns -> reduced rows (a list of serialized records, or an Arrow table) + dead letters."""
 
-    def __init__(self, reducer_path: str, keep_text: bool, out_format: str, dtype: str, batch_size: int):
+    def __init__(self, reducer_path: str, keep_text: bool, out_format: str, dtype: str, batch_size: int,
+                 total: int | None = None, share: int | None = 1):
         self.reducer_path, self.keep_text = reducer_path, keep_text
         self.out_format, self.dtype, self.batch_size = out_format, dtype, batch_size
+        self.total, self.share = total, share
 
     def setup(self):
         self.reducer = reducers.load_reducer(self.reducer_path)
         self.schema = parquet_schema(self.reducer.output_dim, self.dtype, self.keep_text)
         self.written = Metrics.counter(NAMESPACE, "written")
         self.dead = DeadLetterCounter(NAMESPACE)
-        self.progress = ProgressLog("vectors reduced")
+        self.progress = Progress("vectors reduced", self.total, self.share)
 
     def _reduce(self, vectors: np.ndarray) -> np.ndarray:
         """Reducer output for ``vectors``, computed in fixed-shape calls (see module docstring)."""

@@ -57,23 +57,6 @@ def counter_values(result, namespace: str) -> dict[str, int]:
     return values
 
 
-class ProgressLog:
-    """Logs a rate and count at most every ``every_s`` seconds; one per DoFn instance."""
-
-    def __init__(self, what: str, every_s: float = 5.0):
-        self.what, self.every_s = what, every_s
-        self.count = 0
-        self._start = self._last = time.monotonic()
-
-    def add(self, n: int = 1) -> None:
-        self.count += n
-        now = time.monotonic()
-        if now - self._last >= self.every_s:
-            self._last = now
-            rate = self.count / max(now - self._start, 1e-9)
-            log.info("%s: %d so far in this worker, %.0f/s", self.what, self.count, rate)
-
-
 def parse_job_args(parser: argparse.ArgumentParser, argv: list[str] | None):
     """Split argv into the job's own flags and standard Beam pipeline options.
 
@@ -120,3 +103,10 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def progress_share(options: PipelineOptions) -> int | None:
+    """How many local worker processes split the work (for ETAs); None on a remote runner (unknown)."""
+    if options.view_as(StandardOptions).runner not in LOCAL_RUNNERS:
+        return None
+    return processes_per_machine(options)
