@@ -114,13 +114,13 @@ def make_parser() -> argparse.ArgumentParser:
                         "read with --text_field, format by extension): PCA is fitted on them too (query-aware)")
     p.add_argument("--query_share", type=float, default=RunConfig.query_share,
                    help="share of PCA's fitting rows the --query_sample rows make up")
-    p.add_argument("--incremental", action="store_true",
+    p.add_argument("--incremental", action=argparse.BooleanOptionalAction, default=False,
                    help="embed and reduce only the corpus's new sentences, extending a finished run")
     p.add_argument("--drift_threshold", type=float, default=RunConfig.drift_threshold,
                    help="drift when the reducer's pair fidelity on new data is this much below its fitting data")
-    p.add_argument("--refit_on_drift", action="store_true",
+    p.add_argument("--refit_on_drift", action=argparse.BooleanOptionalAction, default=False,
                    help="with --incremental: on drift, refit both reducers on everything and reduce it all again")
-    p.add_argument("--force", action="store_true", help="redo every step")
+    p.add_argument("--force", action=argparse.BooleanOptionalAction, default=False, help="redo every step")
     return p
 
 
