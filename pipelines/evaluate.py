@@ -1,19 +1,24 @@
-"""Evaluate reducers against the raw 512-d vectors and write a report.
+"""evaluate: how much does each representation keep, per stored byte? Writes a report.
 
     shrink evaluate --embeddings out/emb --reducer out/pca --reducer out/ae --output out/report
+    shrink evaluate --embeddings out/emb --reducer out/pca --codec out/raw-int8 --codec out/pq64 --output out/report
 
+Representations: the raw vectors (float32: the reference; float16), each
+``--reducer`` in float32 and float16, each ``--codec`` artifact (int8 or PQ,
+from fit-codec), and two-stage search (a representation of <= 128 bytes
+searched first, its top ``--rerank`` re-ranked with a raw int8 codec).
 Sections (each skipped with a one-line reason when its data is missing):
-- **STS benchmark** (test split): fidelity = Pearson/Spearman between raw and
-  reduced cosine similarities of the sentence pairs (the reference work's
-  metric), and each representation's correlation with the human scores;
-- **retrieval fidelity, label-free**: held-out queries (the trainer's
-  validation split) searched over a sample of the corpus, the raw-512
-  neighbours as the golden set: MRR@10, recall@10, nDCG@10;
+- **STS benchmark** (test split): fidelity = Pearson/Spearman between raw
+  and stored-vector cosines of the sentence pairs (the reference work's
+  measure), and each representation's correlation with the human scores;
+- **frontier, label-free**: ``--queries`` held-out rows (the trainer's
+  validation split) drawn uniformly at random (seeded) from the whole
+  corpus, the whole corpus searched exactly in each representation (stored
+  vectors decoded, queries reduced but not quantized), the raw-512 top-10 as
+  the golden set: MRR@10, recall@10, nDCG@10, bytes per vector, coding and
+  search time; ``frontier.png`` plots recall@10 against bytes;
 - **labelled retrieval** on a BEIR-layout golden set (``--golden_set``):
-  MRR@10 and nDCG@10, globally and, when records carry a group field,
-  within each group;
-- **cost**: bytes per vector and corpus storage (float32/float16), and exact
-  top-10 query time in each dimension, measured side by side.
+  MRR@10 and nDCG@10, globally and within groups when records carry one.
 Writes ``report.json``, ``report.md`` and PNG figures into ``--output``.
 """
 from __future__ import annotations
@@ -22,17 +27,16 @@ import argparse
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from pipelines.common import codecs, files, manifests, reducers
 from pipelines.common import config as cfg
-from pipelines.common import files, manifests
-from pipelines.common.dataset import EmbeddingDataset, iter_batches
+from pipelines.common.dataset import EmbeddingDataset, in_holdout, iter_batches
+from pipelines.common.logs import Progress
 from pipelines.common.outputs import OutputDir
-from pipelines.common.reducers import Reducer, check_input_dim, load_reducer
-from pipelines.evaluation import golden, metrics, sts
+from pipelines.evaluation import coded, frontier, golden, metrics, sts
 from pipelines.evaluation import report as report_io
 from pipelines.evaluation.sampling import SmallestKeys, seeded_keys
 from transforms.encoders import load_encoder, worker_threads
@@ -40,8 +44,7 @@ from transforms.encoders import load_encoder, worker_threads
 log = logging.getLogger(__name__)
 RAW = "raw"
 K = 10
-
-
+COMPACT_BYTES = 128  # representations this small get a two-stage row when a raw int8 codec is given
 OWNED = ("report.json", "report.md", "*.png")
 
 
@@ -50,6 +53,7 @@ class EvaluateConfig:
     embeddings: str
     reducer: tuple[str, ...]
     output: str
+    codec: tuple[str, ...] = ()
     sts_dir: str | None = None
     download: bool = True
     sts_split: str = "test"
@@ -57,21 +61,25 @@ class EvaluateConfig:
     golden_split: str = "test"
     group_field: str = "table_uid"
     queries: int = 1000
-    sample: int = 20_000
+    rerank: int = 100
     holdout_permille: int = 50
+    budget_bytes: int | None = None
     seed: int = 0
+    chunk_rows: int = 16_384
     encoder_threads: int = 0
     overwrite: bool = True
 
     def params(self) -> dict:
-        return cfg.params(self, exclude=("output", "encoder_threads", "overwrite"))
+        return cfg.params(self, exclude=("output", "encoder_threads", "chunk_rows", "overwrite"))
 
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(allow_abbrev=False, prog="shrink evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = EvaluateConfig
     p.add_argument("--embeddings", required=True, help="embedding dataset (output of `shrink embed`)")
     p.add_argument("--reducer", action="append", required=True, help="reducer artifact (repeatable)")
+    p.add_argument("--codec", action="append", default=[], help="codec artifact from fit-codec (repeatable)")
     p.add_argument("--output", required=True, help="report directory (local or a URL, e.g. gs://...)")
     p.add_argument("--sts_dir", help="directory (local or a URL) with sts-{train,dev,test}.csv; default: the "
                                      "cached archive, downloaded once (checksums pinned) when there is a network")
@@ -80,199 +88,288 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--sts_split", default="test", choices=["dev", "test"])
     p.add_argument("--golden_set", help="BEIR-layout directory (local or a URL): corpus.jsonl, queries.jsonl, qrels/")
     p.add_argument("--golden_split", default="test")
-    p.add_argument("--group_field", default=EvaluateConfig.group_field,
+    p.add_argument("--group_field", default=d.group_field,
                    help="metadata field grouping golden-set records for within-group ranking")
-    p.add_argument("--queries", type=int, default=EvaluateConfig.queries, help="label-free retrieval queries")
-    p.add_argument("--sample", type=int, default=EvaluateConfig.sample,
-                   help="corpus rows searched: a seeded uniform sample of the whole corpus")
-    p.add_argument("--holdout_permille", type=int, default=EvaluateConfig.holdout_permille,
+    p.add_argument("--queries", type=int, default=d.queries, help="label-free queries (uniform, seeded)")
+    p.add_argument("--rerank", type=int, default=d.rerank, help="two-stage: candidates re-ranked per query")
+    p.add_argument("--holdout_permille", type=int, default=d.holdout_permille,
                    help="queries come from rows whose id hashes below this (per mille): the trainer's "
                         "validation split, never trained on")
+    p.add_argument("--budget_bytes", type=int, help="mark the best representation within this many bytes/vector")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunk_rows", type=int, default=d.chunk_rows, help="corpus rows searched at a time")
     p.add_argument("--encoder_threads", type=int, default=0, help="0: all cores of this machine")
     p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=True,
                    help="replace an earlier report in --output")
     return p
 
 
-def reducer_names(reducers: list[Reducer]) -> list[str]:
+def reducer_names(loaded: list) -> list[str]:
     """Short unique names: ``<kind>-<dim>``, with the directory name when ambiguous."""
-    names = [f"{r.kind}-{r.output_dim}" for r in reducers]
+    names = [f"{r.kind}-{r.output_dim}" for r in loaded]
     return [f"{n} ({os.path.basename(r.path.rstrip('/'))})" if names.count(n) > 1 else n
-            for n, r in zip(names, reducers)]
+            for n, r in zip(names, loaded)]
 
 
-def load_sample(dataset: EmbeddingDataset, size: int, holdout_permille: int, seed: int = 0) -> dict:
-    """A seeded uniform sample of ``size`` vectors from the whole dataset, and which are held out.
-
-    Held-out rows are those of the trainer's validation split (id hash below
-    ``holdout_permille``): the autoencoder never trained on them, so they make
-    honest queries. Reads every listed shard once (counts checked).
-    """
-    from pipelines.common.dataset import in_holdout
-
-    sample = SmallestKeys(size)
-    for batch in iter_batches([dataset]):
-        held = in_holdout(batch["id"], holdout_permille).numpy()
-        sample.add(seeded_keys(batch["id"], seed), vectors=batch["vector"], held_out=held)
-    rows = sample.result()
-    if not rows:
-        rows = {"vectors": np.zeros((0, dataset.dim), np.float32), "held_out": np.zeros(0, bool)}
-    return {**rows, "corpus_rows": sample.seen}
+def representations(config: EvaluateConfig, dim: int, loaded: list, names: list[str]) -> dict:
+    """name -> Representation: raw float32 (named ``raw``) and float16, each reducer at both, each codec."""
+    identity = reducers.Identity(dim)
+    reps = {RAW: codecs.dense(identity, "raw", "float32"), "raw/float16": codecs.dense(identity, "raw", "float16")}
+    for reducer, name in zip(loaded, names):
+        reps[name] = codecs.dense(reducer, reducer.kind, "float32")
+        reps[f"{name}/float16"] = codecs.dense(reducer, reducer.kind, "float16")
+    for path in config.codec:
+        rep = codecs.load(path, dim)
+        name = rep.name if rep.name not in reps else f"{rep.name} ({os.path.basename(path.rstrip('/'))})"
+        reps[name] = rep
+    return reps
 
 
 def encode_texts(encoder, texts: list[str], batch: int = 1024) -> np.ndarray:
     return np.concatenate([encoder.encode(texts[i:i + batch]) for i in range(0, len(texts), batch)])
 
 
-def evaluate_sts(pairs, encoder, reducers, names) -> dict:
+def evaluate_sts(pairs, encoder, reps: dict) -> dict:
     unique = list(dict.fromkeys(s for a, b, _ in pairs for s in (a, b)))
     index = {s: i for i, s in enumerate(unique)}
     raw = encode_texts(encoder, unique)
     ia = np.array([index[a] for a, _, _ in pairs])
     ib = np.array([index[b] for _, b, _ in pairs])
-    scores = np.array([s for _, _, s in pairs], dtype=np.float64)
-    spaces = {RAW: raw, **{n: r(raw) for n, r in zip(names, reducers)}}
-    out = {"pairs": len(pairs), "representations": {}}
-    for name, vecs in spaces.items():
-        entry = {"human": metrics.human_correlation(vecs[ia], vecs[ib], scores)}
-        if name != RAW:
-            entry["fidelity"] = metrics.sts_fidelity(raw[ia], raw[ib], vecs[ia], vecs[ib])
-        out["representations"][name] = entry
-    out["_cosines"] = {name: metrics.paired_cosine(v[ia], v[ib]) for name, v in spaces.items()}
+    human = np.array([s for _, _, s in pairs], dtype=np.float64)
+    out = {"pairs": len(pairs), "representations": {}, "_cosines": {}}
+    for name, rep in reps.items():
+        out["representations"][name] = coded.sts_scores(rep, raw[ia], raw[ib], human)
+        if rep.precision == "float32":
+            decoded = coded.stored(rep, raw)
+            out["_cosines"][name] = metrics.paired_cosine(decoded[ia], decoded[ib])
     return out
 
 
-def evaluate_corpus(sample: np.ndarray, held_out: np.ndarray, reducers, names, queries: int,
-                    seed: int) -> dict:
-    """Label-free retrieval: held-out queries over the sample, raw-512 neighbours as the golden set."""
-    pool = np.flatnonzero(held_out) if held_out.any() else np.arange(len(sample))
-    n_q = min(queries, len(pool))
-    q_idx = np.sort(np.random.default_rng(seed).choice(pool, size=n_q, replace=False))
-    raw_top, _ = metrics.top_k(sample[q_idx], sample, K, exclude=q_idx)
-    out = {"corpus_rows": int(len(sample)), "queries": int(n_q), "held_out": bool(held_out.any()),
-           "representations": {}}
-    for name, reducer in zip(names, reducers):
-        reduced = reducer(sample)
-        red_top, _ = metrics.top_k(reduced[q_idx], reduced, K, exclude=q_idx)
-        out["representations"][name] = metrics.neighbour_fidelity(raw_top, red_top, K)
-    return out
-
-
-def evaluate_golden(golden: golden.GoldenSet, encoder, reducers, names, group_field: str) -> dict:
-    docs = encode_texts(encoder, golden.doc_texts)
-    queries = encode_texts(encoder, golden.query_texts)
-    qrels = [golden.qrels[q] for q in golden.query_ids]
-    grouped = all(group_field in m for m in golden.doc_meta + golden.query_meta) and golden.doc_meta
-    out = {"queries": len(qrels), "documents": len(golden.doc_ids), "representations": {}}
-    spaces = {RAW: (docs, queries), **{n: (r(docs), r(queries)) for n, r in zip(names, reducers)}}
-    for name, (d, q) in spaces.items():
-        entry = {"global": metrics.golden_retrieval(q, d, golden.doc_ids, qrels, K)}
+def evaluate_golden(gs: golden.GoldenSet, encoder, reps: dict, group_field: str) -> dict:
+    docs = encode_texts(encoder, gs.doc_texts)
+    queries = encode_texts(encoder, gs.query_texts)
+    qrels = [gs.qrels[q] for q in gs.query_ids]
+    grouped = bool(gs.doc_meta) and all(group_field in m for m in gs.doc_meta + gs.query_meta)
+    groups = {"query_groups": np.array([m[group_field] for m in gs.query_meta]),
+              "doc_groups": np.array([m[group_field] for m in gs.doc_meta])} if grouped else {}
+    out = {"queries": len(qrels), "documents": len(gs.doc_ids), "representations": {}}
+    for name, rep in reps.items():
+        entry = {"global": coded.golden_scores(rep, docs, queries, gs.doc_ids, qrels, K)}
         if grouped:
-            entry["within_group"] = metrics.golden_retrieval(
-                q, d, golden.doc_ids, qrels, K,
-                query_groups=np.array([m[group_field] for m in golden.query_meta]),
-                doc_groups=np.array([m[group_field] for m in golden.doc_meta]))
+            entry["within_group"] = coded.golden_scores(rep, docs, queries, gs.doc_ids, qrels, K, **groups)
         out["representations"][name] = entry
     return out
 
 
-def evaluate_cost(sample: np.ndarray, reducers, names, corpus_size: int, seed: int) -> dict:
-    """Bytes, storage and exact top-10 time per query, timed back to back on the same queries."""
-    q_idx = np.random.default_rng(seed + 1).choice(len(sample), size=min(200, len(sample)), replace=False)
-    spaces = {RAW: sample, **{n: r(sample) for n, r in zip(names, reducers)}}
-    out = {"corpus_vectors": corpus_size, "search_rows": int(len(sample)), "timed_queries": int(len(q_idx)),
-           "representations": {}}
-    for name, vecs in spaces.items():
-        dim = vecs.shape[1]
-        unit = metrics.normalize_rows(vecs)
-        metrics.top_k(unit[q_idx[:10]], unit, K)  # warm-up
-        start = time.perf_counter()
-        metrics.top_k(unit[q_idx], unit, K)
-        per_query = (time.perf_counter() - start) / max(len(q_idx), 1)
-        out["representations"][name] = {
-            "dim": dim, "bytes_per_vector_float32": 4 * dim, "bytes_per_vector_float16": 2 * dim,
-            "corpus_bytes_float32": 4 * dim * corpus_size, "corpus_bytes_float16": 2 * dim * corpus_size,
-            "top10_ms_per_query": round(per_query * 1000, 4)}
+@dataclass
+class Queries:
+    """Label-free queries: raw vectors, their rows in the corpus, and whether they are held out."""
+    vectors: np.ndarray
+    index: np.ndarray
+    held_out: bool
+    corpus_rows: int
+
+
+def sample_queries(dataset: EmbeddingDataset, config: EvaluateConfig) -> Queries:
+    """``config.queries`` rows drawn uniformly (seeded) from the held-out split of the whole corpus.
+
+    Falls back to all rows when the corpus has too few held-out rows. One streaming pass.
+    """
+    held, every = SmallestKeys(config.queries), SmallestKeys(config.queries)
+    offset = 0
+    for batch in iter_batches([dataset], config.chunk_rows):
+        keys = seeded_keys(batch["id"], config.seed)
+        rows = np.arange(offset, offset + len(keys))
+        mask = in_holdout(batch["id"], config.holdout_permille).numpy()
+        held.add(keys[mask], vectors=batch["vector"][mask], index=rows[mask])
+        every.add(keys, vectors=batch["vector"], index=rows)
+        offset += len(keys)
+    use_held = held.seen >= min(config.queries, offset)
+    chosen = (held if use_held else every).result()
+    if not chosen:
+        return Queries(np.zeros((0, dataset.dim), np.float32), np.zeros(0, np.int64), use_held, offset)
+    return Queries(chosen["vectors"], chosen["index"].astype(np.int64), use_held, offset)
+
+
+def search_corpus(dataset: EmbeddingDataset, reps: dict, queries: Queries, config: EvaluateConfig) -> dict:
+    """name -> ``coded.Search`` over the whole corpus, every representation in the same pass."""
+    compact = {n for n, r in reps.items() if r.bytes_per_vector <= COMPACT_BYTES}
+    searches = {n: coded.Search(r, queries.vectors, queries.index, max(K, config.rerank) if n in compact else K)
+                for n, r in reps.items()}
+    progress = Progress("rows searched in every representation", dataset.records)
+    offset = 0
+    for batch in iter_batches([dataset], config.chunk_rows):
+        for search in searches.values():
+            search.add(batch["vector"], offset)
+        offset += len(batch["id"])
+        progress.add(len(batch["id"]))
+    return searches
+
+
+def rerank(dataset: EmbeddingDataset, queries: Queries, firsts: dict, fine, config: EvaluateConfig) -> dict:
+    """name -> top-K after re-ranking each first stage's candidates with the ``fine`` representation."""
+    wanted = np.unique(np.concatenate([c[c >= 0] for c in firsts.values()]))
+    found: dict[int, np.ndarray] = {}
+    offset = 0
+    for batch in iter_batches([dataset], config.chunk_rows):
+        rows = np.arange(offset, offset + len(batch["id"]))
+        hit = np.isin(rows, wanted)
+        if hit.any():
+            found.update(zip(rows[hit].tolist(), coded.stored(fine, batch["vector"][hit])))
+        offset += len(batch["id"])
+    lookup = lambda idx: np.stack([found[int(i)] for i in idx]) if len(idx) else np.zeros((0, fine.dim))  # noqa: E731
+    return {name: frontier.rescore(c, fine.query(queries.vectors), lookup, K) for name, c in firsts.items()}
+
+
+def frontier_section(dataset: EmbeddingDataset, reps: dict, config: EvaluateConfig, report: dict) -> None:
+    """Label-free quality, bytes and time of every representation (and two-stage rows) into ``report``."""
+    queries = sample_queries(dataset, config)
+    if len(queries.index) < 1 or dataset.records < 2 * K + 1:
+        report["skipped"]["frontier"] = f"only {dataset.records} vectors in {config.embeddings}; need {2 * K + 1}"
+        return
+    searches = search_corpus(dataset, reps, queries, config)
+    golden_top = searches[RAW].result()
+    rows = [_row(name, reps[name], metrics.neighbour_fidelity(golden_top, s.result()[:, :K], K), s.timings(), report)
+            for name, s in searches.items()]
+    fine = next((n for n, r in reps.items() if r.family == "raw" and r.precision == "int8"), None)
+    firsts = {n: s.result() for n, s in searches.items() if reps[n].bytes_per_vector <= COMPACT_BYTES}
+    if fine and firsts:
+        for name, top in rerank(dataset, queries, firsts, reps[fine], config).items():
+            rows.append(_two_stage_row(name, fine, reps, metrics.neighbour_fidelity(golden_top, top, K), config,
+                                       report))
+    report["frontier"] = {"queries": int(len(queries.index)), "held_out": queries.held_out,
+                          "corpus_rows": queries.corpus_rows, "rows": rows}
+
+
+def _row(name: str, rep, fidelity: dict, timings: dict, report: dict) -> dict:
+    sts_entry = report.get("sts", {}).get("representations", {}).get(name, {})
+    golden_entry = report.get("golden_set", {}).get("representations", {}).get(name, {})
+    return {"name": name, "family": rep.family, "precision": rep.precision, "bytes_per_vector": rep.bytes_per_vector,
+            **{k: fidelity[k] for k in ("mrr@10", "recall@10", "ndcg@10")}, **timings,
+            "sts_fidelity": sts_entry.get("fidelity", {}).get("pearson", 1.0 if name == RAW else None),
+            "golden_ndcg@10": golden_entry.get("global", {}).get("ndcg@10")}
+
+
+def _two_stage_row(first: str, fine: str, reps: dict, fidelity: dict, config: EvaluateConfig, report: dict) -> dict:
+    """A two-stage row: its stored bytes are both representations'; its STS fidelity is the re-ranker's."""
+    row = _row(fine, reps[fine], fidelity, {}, report)
+    row.update({"name": f"{first} > {fine}", "family": "two-stage", "golden_ndcg@10": None, "rerank": config.rerank,
+                "precision": f"{reps[first].precision} + {reps[fine].precision}",
+                "bytes_per_vector": reps[first].bytes_per_vector + reps[fine].bytes_per_vector,
+                "bytes_detail": f"{reps[first].bytes_per_vector} + {reps[fine].bytes_per_vector}"})
+    return row
+
+
+def specs(reps: dict, report: dict) -> dict:
+    """name -> how ``reduce`` writes it: ``{reducer (or codec artifact), dtype}``, or two-stage ``{stages}``."""
+    out = {name: {"reducer": rep.artifact or rep.reducer.path,
+                  "dtype": rep.precision if rep.precision in ("float32", "float16") else "float32"}
+           for name, rep in reps.items()}
+    for row in report.get("frontier", {}).get("rows", []):
+        if row["family"] == "two-stage":
+            out[row["name"]] = {"stages": row["name"].split(" > ")}
     return out
 
 
 def pick_best(report: dict, names: list[str]) -> str | None:
-    """The reducer with the best mean of the headline scores available.
+    """The reducer (float32) with the best mean of the headline scores available.
 
     Headline scores: STS fidelity (Pearson; how the reference judged) and
     label-free nDCG@10 on the user's own corpus (what retrieval will feel).
     """
-    scores: dict[str, list[float]] = {n: [] for n in names}
-    sts = report.get("sts", {}).get("representations", {})
-    corpus = report.get("corpus_retrieval", {}).get("representations", {})
+    rows = {r["name"]: r for r in report.get("frontier", {}).get("rows", [])}
+    scores = {n: [v for v in (rows.get(n, {}).get("sts_fidelity"), rows.get(n, {}).get("ndcg@10")) if v is not None]
+              for n in names}
+    sts_scores = report.get("sts", {}).get("representations", {})
     for n in names:
-        if n in sts:
-            scores[n].append(sts[n]["fidelity"]["pearson"])
-        if n in corpus:
-            scores[n].append(corpus[n][f"ndcg@{K}"])
+        if n not in rows and n in sts_scores:
+            scores[n].append(sts_scores[n]["fidelity"]["pearson"])
     if not any(scores.values()):
         return None
     return max(names, key=lambda n: float(np.mean(scores[n])) if scores[n] else -1.0)
 
 
-def sts_section(config: EvaluateConfig, encoder, reducers, names, report: dict) -> dict | None:
-    """The STS section into ``report`` (or the reason it is skipped); the pair cosines for the figures."""
+def choose_and_summarize(report: dict, config: EvaluateConfig) -> None:
+    """Mark the representation to store: the best within ``--budget_bytes``, else the best reducer's float32.
+
+    Also the one line on what the same bytes would buy with the best representation evaluated.
+    """
+    rows = report.get("frontier", {}).get("rows", [])
+    if not rows:
+        return
+    if config.budget_bytes is not None:
+        report["chosen"] = frontier.choose(rows, config.budget_bytes)["name"]
+        return
+    current = next((r for r in rows if r["name"] == report.get("best_reducer")), None)
+    if current is None:
+        return
+    report["chosen"] = current["name"]
+    best = frontier.choose(rows, current["bytes_per_vector"])
+    if best["name"] != current["name"]:
+        report["same_bytes_line"] = (
+            f"At {current['bytes_per_vector']} bytes/vector ({current['name']}, float32: recall@10 "
+            f"{current['recall@10']:.3f}), {best['name']} keeps recall@10 {best['recall@10']:.3f}; "
+            f"see the frontier below, or run with --budget_bytes {current['bytes_per_vector']}.")
+
+
+def run(config: EvaluateConfig, options=None) -> dict:
+    """Score every representation and write the report into ``config.output``; returns the report."""
+    dataset = EmbeddingDataset.open(config.embeddings)
+    loaded = [reducers.load_reducer(p) for p in config.reducer]
+    for r in loaded:
+        reducers.check_input_dim(r, dataset.dim, config.embeddings)
+    names = reducer_names(loaded)
+    reps = representations(config, dataset.dim, loaded, names)
+    params = {**config.params(), "embeddings_fingerprint": dataset.fingerprint,
+              "artifacts": [manifests.read(p).get("fingerprint") for p in (*config.reducer, *config.codec)]}
+    out = OutputDir(config.output, "report", manifests.fingerprint(params), OWNED)
+    with out.claim(config.overwrite):
+        encoder = load_encoder(dataset.encoder, config.encoder_threads or worker_threads(1))
+        report = {"embeddings": config.embeddings, "encoder": dataset.encoder, "input_dim": dataset.dim,
+                  "reducers": {n: r.summary() for n, r in zip(names, loaded)}, "skipped": {}}
+        cosines = _sts_section(config, encoder, reps, report)
+        _golden_section(config, encoder, reps, report)
+        frontier_section(dataset, reps, config, report)
+        report["specs"] = specs(reps, report)
+        report["best_reducer"] = pick_best(report, names)
+        if report["best_reducer"]:
+            report["best_reducer_path"] = loaded[names.index(report["best_reducer"])].path
+        choose_and_summarize(report, config)
+        report["figures"] = report_io.write_figures(report, cosines, names, config.output)
+        files.write_text(files.join(config.output, "report.json"), json.dumps(report, indent=2, sort_keys=True))
+        files.write_text(files.join(config.output, "report.md"), report_io.markdown(report))
+        out.commit({**params, **{k: report.get(k) for k in ("best_reducer", "best_reducer_path", "chosen")}})
+    log.info("report written to %s (best reducer: %s%s)", config.output, report["best_reducer"],
+             f"; chosen: {report['chosen']}" if report.get("chosen") else "")
+    return report
+
+
+def _sts_section(config: EvaluateConfig, encoder, reps: dict, report: dict) -> dict | None:
     try:
         splits = sts.load_sts(config.sts_dir, download_missing=config.download)
     except sts.DataUnavailableError as e:
         report["skipped"]["sts"] = str(e)
         log.warning("skipping STS: %s", e)
         return None
-    report["sts"] = {**evaluate_sts(splits[config.sts_split], encoder, reducers, names), "split": config.sts_split}
+    report["sts"] = {**evaluate_sts(splits[config.sts_split], encoder, reps), "split": config.sts_split}
     return report["sts"].pop("_cosines")
 
 
-def corpus_sections(config: EvaluateConfig, dataset: EmbeddingDataset, reducers, names, report: dict) -> None:
-    """Label-free retrieval and cost on a uniform sample of the corpus (or the reason they are skipped)."""
-    sample = load_sample(dataset, config.sample, config.holdout_permille, config.seed)
-    vectors = sample["vectors"]
-    if len(vectors) < 2 * K + 1:
-        report["skipped"]["corpus_retrieval"] = f"only {len(vectors)} vectors in {config.embeddings}; need {2 * K + 1}"
+def _golden_section(config: EvaluateConfig, encoder, reps: dict, report: dict) -> None:
+    if not config.golden_set:
+        report["skipped"]["golden_set"] = "no --golden_set given"
         return
-    report["corpus_retrieval"] = evaluate_corpus(vectors, sample["held_out"], reducers, names, config.queries,
-                                                 config.seed)
-    report["corpus_retrieval"]["corpus_size"] = sample["corpus_rows"]
-    report["cost"] = evaluate_cost(vectors, reducers, names, dataset.records, config.seed)
+    gs = golden.load_golden_set(config.golden_set, config.golden_split)
+    report["golden_set"] = {"path": config.golden_set, "split": config.golden_split,
+                            **evaluate_golden(gs, encoder, reps, config.group_field)}
 
 
-def run(config: EvaluateConfig, options=None) -> dict:
-    """Score the reducers and write the report into ``config.output``; returns the report."""
-    dataset = EmbeddingDataset.open(config.embeddings)
-    reducers = [load_reducer(p) for p in config.reducer]
-    for r in reducers:
-        check_input_dim(r, dataset.dim, config.embeddings)
-    names = reducer_names(reducers)
-    params = {**config.params(), "embeddings_fingerprint": dataset.fingerprint,
-              "reducers": [r.manifest.get("fingerprint") for r in reducers]}
-    out = OutputDir(config.output, "report", manifests.fingerprint(params), OWNED)
-    with out.claim(config.overwrite):
-        encoder = load_encoder(dataset.encoder, config.encoder_threads or worker_threads(1))
-        report: dict = {"embeddings": config.embeddings, "encoder": dataset.encoder, "input_dim": dataset.dim,
-                        "reducers": {n: r.summary() for n, r in zip(names, reducers)}, "skipped": {}}
-        cosines = sts_section(config, encoder, reducers, names, report)
-        corpus_sections(config, dataset, reducers, names, report)
-        if config.golden_set:
-            gs = golden.load_golden_set(config.golden_set, config.golden_split)
-            report["golden_set"] = {"path": config.golden_set, "split": config.golden_split,
-                                    **evaluate_golden(gs, encoder, reducers, names, config.group_field)}
-        else:
-            report["skipped"]["golden_set"] = "no --golden_set given"
-        report["best_reducer"] = pick_best(report, names)
-        if report["best_reducer"]:
-            report["best_reducer_path"] = reducers[names.index(report["best_reducer"])].path
-        report["figures"] = report_io.write_figures(report, cosines, config.output)
-        files.write_text(files.join(config.output, "report.json"), json.dumps(report, indent=2, sort_keys=True))
-        files.write_text(files.join(config.output, "report.md"), report_io.markdown(report))
-        out.commit({**params, "best_reducer": report["best_reducer"],
-                    "best_reducer_path": report.get("best_reducer_path")})
-    log.info("report written to %s (best reducer: %s)", config.output, report["best_reducer"])
-    return report
+def load_sample(dataset: EmbeddingDataset, size: int, seed: int = 0) -> np.ndarray:
+    """A seeded uniform sample of ``size`` vectors from the whole dataset (one streaming pass)."""
+    sample = SmallestKeys(size)
+    for batch in iter_batches([dataset]):
+        sample.add(seeded_keys(batch["id"], seed), vectors=batch["vector"])
+    return sample.result().get("vectors", np.zeros((0, dataset.dim), np.float32))
 
 
 def main(argv: list[str] | None = None) -> dict:

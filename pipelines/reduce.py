@@ -1,10 +1,14 @@
-"""reduce: rewrite an embedding dataset as k-d vectors with a reducer artifact.
+"""reduce: rewrite an embedding dataset in a smaller representation.
 
     shrink reduce --input out/embeddings --reducer out/pca --output out/reduced
     shrink reduce --input out/embeddings --reducer out/ae --output out/r.pq --format parquet --dtype float16
+    shrink reduce --input out/embeddings --reducer out/pq64 --output out/codes        # a codec artifact
     shrink reduce --text_input 'news/*.txt' --reducer out/pca --output out/reduced   # embeds on the fly
 
-Either reducer kind works (the artifact's manifest says which). Reads exactly
+``--reducer`` takes a reducer artifact (fit-pca or train output) or
+``identity`` (the raw vectors), written as ``--dtype`` float32 or float16;
+or a codec artifact (fit-codec output), written as its int8 or PQ codes
+(TFRecord ``codes`` bytes / Parquet ``fixed_size_binary``). Reads exactly
 the shards the input's manifest lists and checks their record count.
 Unusable records (undecodable, wrong length, NaN/Inf in or out) go to the
 dead-letter output with a reason; read = written + dead_letter or the job
@@ -21,7 +25,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.common import config as cfg
-from pipelines.common import files, manifests, records, reducers
+from pipelines.common import codecs, files, manifests, records, reducers
 from pipelines.common.beam_runner import (counter_values, create_pipeline, parse_job_args, processes_per_machine,
                                           progress_share, run_and_wait)
 from pipelines.common.dataset import EmbeddingDataset, shard_entries
@@ -83,11 +87,13 @@ def make_parser() -> argparse.ArgumentParser:
     text.add_argument("--allow_partial_files", action=argparse.BooleanOptionalAction, default=False)
     text.add_argument("--encoder_threads", type=int, default=0)
     text.add_argument("--max_batch_size", type=int, default=ReduceConfig.max_batch_size, help="largest encoder batch")
-    p.add_argument("--reducer", required=True, help="reducer artifact directory (fit-pca or train output)")
+    p.add_argument("--reducer", required=True,
+                   help="reducer artifact (fit-pca/train output), codec artifact (fit-codec output) or 'identity'")
     p.add_argument("--output", required=True, help="output directory (new, empty, or an earlier reduce output)")
     p.add_argument("--format", default="tfrecord", choices=["tfrecord", "parquet"])
     p.add_argument("--dtype", default="float32", choices=list(DTYPES),
-                   help="float16 halves the size; in TFRecords (float lists) values are rounded to float16")
+                   help="precision of a reducer's output (a codec artifact decides its own); float16 halves the "
+                        "size (in TFRecords, float lists hold the float16-rounded values)")
     p.add_argument("--drop_text", action=argparse.BooleanOptionalAction, default=False,
                    help="write ids and vectors only")
     p.add_argument("--batch_size", type=int, default=ReduceConfig.batch_size, help="rows per reducer call")
@@ -115,11 +121,11 @@ def read_columns(p: beam.Pipeline, config: ReduceConfig, source: EmbeddingDatase
     return embedded["vectors"] | "BatchVectors" >> BatchVectors(config.batch_size), [embedded[DEAD]]
 
 
-def build(p: beam.Pipeline, config: ReduceConfig, source: EmbeddingDataset | None, reducer: reducers.Reducer,
+def build(p: beam.Pipeline, config: ReduceConfig, source: EmbeddingDataset | None, input_dim: int,
           keep_text: bool, options: PipelineOptions) -> None:
     """read (shards or raw text) -> reduce in fixed-size calls -> TFRecord or Parquet, and dead letters."""
     columns, dead = read_columns(p, config, source, options)
-    fn = ReduceBatch(config.reducer, keep_text, config.format, config.dtype, config.batch_size,
+    fn = ReduceBatch(config.reducer, config.dtype, input_dim, keep_text, config.format, config.batch_size,
                      source.records if source else None, progress_share(options))
     reduced = columns | "Reduce" >> beam.ParDo(fn).with_outputs(DEAD, main="rows")
     input_shards = len(source.shards) if source is not None else 1
@@ -141,45 +147,50 @@ def check_counts(result, config: ReduceConfig, source: EmbeddingDataset | None) 
             "embed": embedded}
 
 
-def open_inputs(config: ReduceConfig) -> tuple[EmbeddingDataset | None, reducers.Reducer, dict]:
-    """The source dataset (or None for raw text), the reducer, and the run's parameters; all checked."""
+def open_inputs(config: ReduceConfig) -> tuple[EmbeddingDataset | None, codecs.Representation, dict]:
+    """The source dataset (or None for raw text), the representation, and the run's parameters; all checked."""
     if config.batch_size < 1:
         raise InputError("--batch_size must be positive")
     source = EmbeddingDataset.open(config.input) if config.input else None
     if source is None:
         validate_spec(config.encoder)
         corpus.check_patterns(config.text_input)
-    reducer = reducers.load_reducer(config.reducer)
-    reducers.check_input_dim(reducer, source.dim if source else config.embedding_dim,
-                             config.input or ", ".join(config.text_input))
-    params = {**config.params(), "reducer": files.absolute(config.reducer),
-              "reducer_fingerprint": reducer.manifest.get("fingerprint")}
+    representation = codecs.open_representation(config.reducer, config.dtype,
+                                                source.dim if source else config.embedding_dim)
+    spec = config.reducer if config.reducer == reducers.IDENTITY else files.absolute(config.reducer)
+    fingerprint = (representation.artifact and manifests.read(representation.artifact).get("fingerprint")) or \
+        (representation.reducer.manifest.get("fingerprint") if representation.dense else None)
+    params = {**config.params(), "reducer": spec, "reducer_fingerprint": fingerprint}
     if source is not None:
         params.update(input=files.absolute(config.input), input_fingerprint=source.fingerprint)
-    return source, reducer, params
+    return source, representation, params
 
 
 def run(config: ReduceConfig, options: PipelineOptions) -> dict:
     """Reduce the input into ``config.output``; returns the manifest."""
-    source, reducer, params = open_inputs(config)
+    source, representation, params = open_inputs(config)
     keep_text = (source.has_text if source else True) and not config.drop_text
+    input_dim = source.dim if source else config.embedding_dim
     out = OutputDir(config.output, "reduced", manifests.fingerprint(params), OWNED)
     with out.claim(config.overwrite):
         start = time.monotonic()
         p = create_pipeline(options)
-        build(p, config, source, reducer, keep_text, options)
+        build(p, config, source, input_dim, keep_text, options)
         counts = check_counts(run_and_wait(p), config, source)
         elapsed = time.monotonic() - start
         if config.format == "tfrecord":
-            records.write_schema(records.make_schema(reducer.output_dim, keep_text), config.output)
+            records.write_schema(records.make_schema(representation.dim, keep_text, representation.codes),
+                                 config.output)
         shards = files.list_files(files.join(config.output, f"{DATA_PREFIX}-*"))
         manifest = out.commit({
-            **params, "dim": reducer.output_dim, "input_dim": reducer.input_dim, "has_text": keep_text,
-            "encoder": source.encoder if source else config.encoder, "reducer_summary": reducer.summary(),
-            "counts": counts, "records": counts["written"], "shards": shard_entries(config.output, shards),
-            "seconds": round(elapsed, 2), "vectors_per_second": round(counts["written"] / max(elapsed, 1e-9), 1)})
-    log.info("reduced %d vectors %d -> %d (%d dead-lettered) in %.1fs -> %s", counts["written"], reducer.input_dim,
-             reducer.output_dim, counts["dead_letter"], elapsed, config.output)
+            **params, "dim": representation.dim, "input_dim": input_dim, "has_text": keep_text,
+            "format": config.format, "codes": representation.codes, "representation": representation.summary(),
+            "bytes_per_vector": representation.bytes_per_vector,
+            "encoder": source.encoder if source else config.encoder, "counts": counts, "records": counts["written"],
+            "shards": shard_entries(config.output, shards), "seconds": round(elapsed, 2),
+            "vectors_per_second": round(counts["written"] / max(elapsed, 1e-9), 1)})
+    log.info("wrote %d vectors as %s (%d bytes each; %d dead-lettered) in %.1fs -> %s", counts["written"],
+             representation.name, representation.bytes_per_vector, counts["dead_letter"], elapsed, config.output)
     return manifest
 
 

@@ -5,7 +5,12 @@
     shrink run --input 'corpus/*.txt' --workdir out --incremental --refit_on_drift   # nightly
 
 Steps, each writing into ``--workdir``: embed -> fit-pca and train ->
-evaluate (picks the best reducer unless ``--reducer`` names one) -> reduce.
+fit-codec (int8 of the raw vectors; with ``--budget_bytes`` also the int8 and
+product-quantization codecs that can fit) -> evaluate -> reduce. Without a
+budget the corpus is written with the better reducer (or ``--reducer``) as
+``--dtype``, and the report says what the same bytes would buy; with
+``--budget_bytes B`` it is written in the representation with the highest
+label-free recall@10 within B bytes per vector (ties: higher STS fidelity).
 Each step is a job called with a typed config (``<job>.run(config,
 options)``); Beam pipeline options go to the Beam steps.
 
@@ -33,16 +38,15 @@ from dataclasses import dataclass
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import embed, evaluate, fit_pca, reduce
+from pipelines import embed, evaluate, fit_codec, fit_pca, reduce
 from pipelines.common import config as cfg
-from pipelines.common import files, manifests
+from pipelines.common import codecs, files, manifests, reducers
 from pipelines.common.beam_runner import check_beam_args
 from pipelines.common.dataset import EmbeddingDataset
 from pipelines.common.errors import InputError
 from pipelines.common.outputs import locked, remove_output
-from pipelines.common.reducers import load_reducer
 from pipelines.common.steps import RunState, Step, input_identity
-from pipelines.evaluation import drift
+from pipelines.evaluation import coded, drift
 from trainer import task
 
 log = logging.getLogger(__name__)
@@ -66,6 +70,7 @@ class RunConfig:
     pca_arg: tuple[str, ...] = ()
     format: str = "tfrecord"
     dtype: str = "float32"
+    budget_bytes: int | None = None
     drop_text: bool = False
     sts_dir: str | None = None
     download: bool = True
@@ -102,7 +107,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--pca_arg", action="append", default=[],
                    help="extra fit-pca flag, e.g. --pca_arg=--no-center (repeatable)")
     p.add_argument("--format", choices=["tfrecord", "parquet"], default="tfrecord")
-    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                   help="precision of the reduced corpus when no --budget_bytes is given")
+    p.add_argument("--budget_bytes", type=int,
+                   help="write the corpus in the best representation of at most this many bytes per vector "
+                        "(int8, float16/32 of raw, PCA or autoencoder vectors, PQ codes, two-stage)")
     p.add_argument("--drop_text", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--sts_dir", help="as in `shrink evaluate`")
     p.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
@@ -190,35 +199,68 @@ class Flow:
         train = dataclasses.replace(train, **self.train_overrides)
         self.execute("train", "autoencoder", train, identities[:len(data)], lambda: task.train(train))
 
-    def evaluate_and_choose(self) -> str:
-        """Evaluate both reducers on the first dataset; the path of the reducer to use."""
-        c = self.config
+    def fit_codecs(self) -> list[str]:
+        """Codec artifacts to evaluate (relative paths): raw int8 always; within a budget, what can fit it."""
+        c, data = self.config, [self.path(d) for d in self.datasets()]
+        wanted = [("raw-int8", "int8", reducers.IDENTITY, 0)]
+        if c.budget_bytes is not None:
+            if c.budget_bytes >= c.output_dim:
+                wanted += [(f"{n}-int8", "int8", self.path(n), 0) for n in ("pca", "autoencoder")]
+            wanted += [(f"pq-{m}", "pq", reducers.IDENTITY, m) for m in pq_sizes(c.budget_bytes)]
+        names = []
+        for name, kind, reducer, m in wanted:
+            config = fit_codec.FitCodecConfig(input=data[0], extra_input=tuple(data[1:]), output=self.path("codecs", name),
+                                              codec=kind, reducer=reducer, m=m or fit_codec.FitCodecConfig.m,
+                                              temp_dir=self.path("tmp"), overwrite=True)
+            inputs = [manifests.identity(d) for d in data] + (
+                [manifests.identity(reducer)] if reducer != reducers.IDENTITY else [])
+            self.execute(f"fit-{name}", f"codecs/{name}", config, inputs,
+                         lambda config=config: fit_codec.run(config, self.options))
+            names.append(f"codecs/{name}")
+        return names
+
+    def evaluate_and_choose(self) -> list[tuple[str, str, str]]:
+        """Evaluate every representation; ``[(output, reducer or codec, dtype)]`` to write the corpus with."""
+        c, codec_dirs = self.config, self.fit_codecs()
         config = evaluate.EvaluateConfig(
             embeddings=self.path("embeddings"), reducer=(self.path("pca"), self.path("autoencoder")),
-            output=self.path("report"), sts_dir=c.sts_dir, download=c.download, golden_set=c.golden_set,
-            queries=c.queries)
-        inputs = [manifests.identity(self.path(d)) for d in ("embeddings", "pca", "autoencoder")]
+            codec=tuple(self.path(d) for d in codec_dirs), output=self.path("report"), sts_dir=c.sts_dir,
+            download=c.download, golden_set=c.golden_set, queries=c.queries, budget_bytes=c.budget_bytes)
+        inputs = [manifests.identity(self.path(d)) for d in ("embeddings", "pca", "autoencoder", *codec_dirs)]
         self.execute("evaluate", "report", config, inputs, lambda: evaluate.run(config))
+        report = json.loads(files.read_text(self.path("report", "report.json")))
+        if c.budget_bytes is not None:
+            return writes_for(report, report["chosen"])
         if c.reducer != "best":
-            return self.path("pca" if c.reducer == "pca" else "autoencoder")
-        chosen = manifests.read(self.path("report"), "report").get("best_reducer_path")
-        if not chosen:
+            return [("reduced", self.path("pca" if c.reducer == "pca" else "autoencoder"), c.dtype)]
+        if not report.get("best_reducer_path"):
             raise InputError("no reducer could be chosen: the report has neither STS nor corpus retrieval "
                              "results; pass --reducer pca or --reducer autoencoder")
-        return chosen
+        return [("reduced", report["best_reducer_path"], c.dtype)]
 
-    def reduce_all(self, reducer: str) -> None:
-        """Reduce every dataset of the corpus with ``reducer`` (steps whose inputs are unchanged are skipped)."""
+    def reduce_all(self, writes: list[tuple[str, str, str]]) -> None:
+        """Write every dataset of the corpus as each ``(output, reducer or codec, dtype)`` (unchanged steps skip)."""
         c = self.config
-        targets = [("reduce", "embeddings", "reduced")] + [
-            (f"reduce-{i['name']}", i["embeddings"], i["reduced"]) for i in self.state.increments]
-        for name, data, output in targets:
-            config = reduce.ReduceConfig(reducer=reducer, output=self.path(output), input=self.path(data),
-                                         format=c.format, dtype=c.dtype, drop_text=c.drop_text, overwrite=True)
-            inputs = [manifests.identity(self.path(data)), manifests.identity(reducer)]
-            self.execute(name, output, config, inputs, lambda config=config: reduce.run(config, self.options))
-        self.state.steps["reduce"]["reducer"] = files.relative(reducer, self.config.workdir)
+        datasets = [("", "embeddings", "")] + [(f"-{i['name']}", i["embeddings"], f"increments/{i['name']}/")
+                                               for i in self.state.increments]
+        for suffix, data, prefix in datasets:
+            for output, spec, dtype in writes:
+                step = f"{output.replace('reduced', 'reduce')}{suffix}"
+                config = reduce.ReduceConfig(reducer=spec, output=self.path(prefix + output), input=self.path(data),
+                                             format=c.format, dtype=dtype, drop_text=c.drop_text, overwrite=True)
+                inputs = [manifests.identity(self.path(data))] + (
+                    [manifests.identity(spec)] if spec != reducers.IDENTITY else [])
+                self.execute(step, prefix + output, config, inputs,
+                             lambda config=config: reduce.run(config, self.options))
+        self.state.steps["reduce"]["writes"] = [
+            [out, spec if spec == reducers.IDENTITY else files.relative(spec, c.workdir), dtype]
+            for out, spec, dtype in writes]
         self.state.save()
+
+    def current_writes(self) -> list[tuple[str, str, str]]:
+        """The representation(s) the corpus is written in now, with absolute artifact paths."""
+        return [(out, spec if spec == reducers.IDENTITY else self.path(spec), dtype)
+                for out, spec, dtype in self.state.steps["reduce"]["writes"]]
 
     def full(self) -> dict:
         if self.embed("embed", "embeddings") and self.state.increments:
@@ -231,26 +273,26 @@ class Flow:
             self.state.increments = []
             self.state.save()
         self.fit()
-        reducer = self.evaluate_and_choose()
-        self.reduce_all(reducer)
-        return self.summary(reducer)
+        writes = self.evaluate_and_choose()
+        self.reduce_all(writes)
+        return self.summary(writes)
 
     def increment(self) -> dict:
-        if "reducer" not in self.state.steps.get("reduce", {}):
+        if "writes" not in self.state.steps.get("reduce", {}):
             raise InputError(f"{self.config.workdir} holds no finished run to extend; run without --incremental "
                              "first")
         name = f"{len(self.state.increments) + 1:04d}"
         inc = {"name": name, "embeddings": f"increments/{name}/embeddings", "reduced": f"increments/{name}/reduced",
                "drift": None, "refit": False}
         self.embed(f"embed-{name}", inc["embeddings"], [self.path(d) for d in self.datasets()])
-        current = self.path(self.state.steps["reduce"]["reducer"])
+        current = self.current_writes()
         inc["counts"] = manifests.read(self.path(inc["embeddings"]), "embeddings")["counts"]
         if inc["counts"]["embedded"] == 0:
             log.info("no new sentences: nothing to add")
             remove_output(self.path(inc["embeddings"]))
             files.remove_if_empty(self.path("increments", name))
             return self.summary(current, new=0)
-        report = self.check_drift(current, inc)
+        report = self.check_drift(current[0][1], current[0][2], inc)
         self.state.increments.append(inc)
         self.state.save()
         if report and report["drift"] and self.config.refit_on_drift:
@@ -263,14 +305,15 @@ class Flow:
         self.reduce_all(current)
         return self.summary(current, new=inc["counts"]["embedded"])
 
-    def check_drift(self, reducer_path: str, inc: dict) -> dict | None:
-        """Pair fidelity of the current reducer on the new vectors vs on the data it was fitted on."""
-        new = evaluate.load_sample(EmbeddingDataset.open(self.path(inc["embeddings"])), DRIFT_SAMPLE, 0)["vectors"]
+    def check_drift(self, spec: str, dtype: str, inc: dict) -> dict | None:
+        """Pair fidelity of the current representation on the new vectors vs on the data it was fitted on."""
+        new = evaluate.load_sample(EmbeddingDataset.open(self.path(inc["embeddings"])), DRIFT_SAMPLE)
         if len(new) < MIN_DRIFT_ROWS:
             log.info("drift check skipped: %d new vectors, fewer than %d", len(new), MIN_DRIFT_ROWS)
             return None
-        reference = evaluate.load_sample(EmbeddingDataset.open(self.path("embeddings")), DRIFT_SAMPLE, 0)["vectors"]
-        report = drift.check(load_reducer(reducer_path), reference, new, self.config.drift_threshold)
+        reference = evaluate.load_sample(EmbeddingDataset.open(self.path("embeddings")), DRIFT_SAMPLE)
+        representation = codecs.open_representation(spec, dtype, reference.shape[1])
+        report = drift.check(lambda x: coded.stored(representation, x), reference, new, self.config.drift_threshold)
         inc["drift"], inc["drift_file"] = report, f"increments/{inc['name']}/drift.json"
         files.write_text(self.path(inc["drift_file"]), json.dumps(report, indent=2))
         log.info("drift check: pair fidelity %.4f on new data vs %.4f on fitting data (drop %.4f, threshold %.4f)%s",
@@ -278,23 +321,44 @@ class Flow:
                  ": DRIFT" if report["drift"] else "")
         return report
 
-    def summary(self, reducer: str, new: int | None = None) -> dict:
+    def summary(self, writes: list[tuple[str, str, str]], new: int | None = None) -> dict:
         c = self.config
         totals = [EmbeddingDataset.open(self.path(d)).records for d in self.datasets()]
         reduced = [self.path("reduced")] + [self.path(i["reduced"]) for i in self.state.increments]
-        summary = {"workdir": c.workdir, "steps_run": self.ran, "reducer": reducer, "reduced": reduced,
-                   "vectors": sum(totals), "report": self.path("report", "report.md"),
+        written = manifests.read(self.path("reduced"), "reduced")["representation"]
+        summary = {"workdir": c.workdir, "steps_run": self.ran, "reducer": writes[0][1], "reduced": reduced,
+                   "representation": written, "vectors": sum(totals), "report": self.path("report", "report.md"),
                    "increments": self.state.increments}
-        lines = [f"\nreduced corpus ({c.format}, {c.dtype}): {', '.join(reduced)}",
+        lines = [f"\nreduced corpus ({c.format}, {written['name']}, {written['bytes_per_vector']} bytes/vector): "
+                 f"{', '.join(reduced)}",
                  f"vectors: {sum(totals)} (first run {totals[0]}"
                  + "".join(f", increment {i['name']} {t}" for i, t in zip(self.state.increments, totals[1:])) + ")",
-                 f"reducer used: {reducer}", f"report: {summary['report']}",
+                 f"written with: {writes[0][1]}" + (f" (re-ranked with {writes[1][1]})" if len(writes) > 1 else ""),
+                 f"report: {summary['report']}",
                  f"steps run this time: {', '.join(self.ran) or 'none (all up to date)'}"]
         if new is not None:
             summary["new_vectors"] = new
             lines.append(f"new sentences this time: {new}" + (_drift_line(self.state.increments[-1]) if new else ""))
         print("\n".join(lines), flush=True)
         return summary
+
+
+PQ_SIZES = (8, 16, 32, 64, 128, 256)
+
+
+def pq_sizes(budget: int) -> list[int]:
+    """The product-quantization code size worth fitting for a budget: the largest that fits it."""
+    fits = [m for m in PQ_SIZES if m <= budget]
+    return fits[-1:]
+
+
+def writes_for(report: dict, name: str) -> list[tuple[str, str, str]]:
+    """How to write the corpus in the report's representation ``name`` (two outputs for two-stage search)."""
+    spec = report["specs"][name]
+    if "stages" in spec:
+        first, fine = (report["specs"][stage] for stage in spec["stages"])
+        return [("reduced", first["reducer"], first["dtype"]), ("reduced_rescore", fine["reducer"], fine["dtype"])]
+    return [("reduced", spec["reducer"], spec["dtype"])]
 
 
 def _drift_line(inc: dict) -> str:
@@ -317,6 +381,9 @@ def parse(argv: list[str] | None) -> tuple[RunConfig, list[str]]:
         raise InputError("--refit_on_drift goes with --incremental")
     if config.query_sample and not 0 < config.query_share < 1:  # fail now, not after embedding the corpus
         raise InputError(f"--query_share must be in (0, 1), got {config.query_share}")
+    if config.budget_bytes is not None and config.budget_bytes < PQ_SIZES[0]:
+        raise InputError(f"no representation fits {config.budget_bytes} bytes per vector; the smallest is "
+                         f"pq-{PQ_SIZES[0]} at {PQ_SIZES[0]} bytes per vector")
     return config, beam_args
 
 

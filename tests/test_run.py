@@ -41,16 +41,19 @@ def test_run_end_to_end_then_skip_and_redo(tmp_path, corpus, shared_data):
             "--queries", "50", "--sts_dir", str(shared_data / "stsbenchmark"), "--golden_set", str(golden),
             "--train_arg=--batch_size=32"]
     first = run.main(argv)
-    assert first["steps_run"] == ["embed", "fit-pca", "train", "evaluate", "reduce"]
+    assert first["steps_run"] == ["embed", "fit-pca", "train", "fit-raw-int8", "evaluate", "reduce"]
 
     report = json.loads((work / "report" / "report.json").read_text())
     assert not report["skipped"], report["skipped"]
-    for section in ("sts", "corpus_retrieval", "golden_set", "cost"):
-        assert set(report[section]["representations"]) >= {"pca-128", "autoencoder-128"}
-    assert report["best_reducer"] in ("pca-128", "autoencoder-128")
-    assert (work / "report" / "sts_scatter.png").stat().st_size > 0
+    expected = {"raw", "raw/float16", "pca-128", "pca-128/float16", "autoencoder-128", "raw-512/int8"}
+    for section in ("sts", "golden_set"):
+        assert set(report[section]["representations"]) >= expected
+    rows = {r["name"]: r for r in report["frontier"]["rows"]}
+    assert set(rows) >= expected and rows["raw"]["recall@10"] == 1.0 and rows["raw-512/int8"]["bytes_per_vector"] == 512
+    assert report["best_reducer"] in ("pca-128", "autoencoder-128") and report["chosen"] == report["best_reducer"]
+    assert (work / "report" / "sts_scatter.png").stat().st_size > 0 and (work / "report" / "frontier.png").exists()
     md = (work / "report" / "report.md").read_text()
-    for title in ("STS benchmark", "Retrieval fidelity", "Labelled retrieval", "Cost"):
+    for title in ("STS benchmark", "Quality per stored byte", "Labelled retrieval"):
         assert title in md
     reduced = read_records(work / "reduced")
     assert len(reduced) == 400 and reduced[0]["embedding"].shape == (128,)
@@ -73,7 +76,7 @@ def test_run_end_to_end_then_skip_and_redo(tmp_path, corpus, shared_data):
     for path in mine:
         path.write_text("not the tool's")
     forced = run.main(aware + ["--force"])
-    assert {"embed", "fit-pca", "train", "evaluate", "reduce"} <= set(forced["steps_run"])
+    assert {"embed", "fit-pca", "train", "fit-raw-int8", "evaluate", "reduce"} <= set(forced["steps_run"])
     assert all(path.read_text() == "not the tool's" for path in mine)
 
 
@@ -112,7 +115,8 @@ def test_incremental_runs_extend_the_corpus_and_refit_on_drift(tmp_path):
     corpus.write_text("\n".join(sentences + cats) + "\n")
     third = run.main(base + ["--incremental", "--refit_on_drift", "--drift_threshold", "-1"])  # always drift
     assert third["increments"][-1]["refit"] and third["vectors"] == 385
-    assert {"fit-pca", "train", "evaluate", "reduce", "reduce-0001", "reduce-0002"} <= set(third["steps_run"])
+    assert {"fit-pca", "train", "fit-raw-int8", "evaluate", "reduce", "reduce-0001", "reduce-0002"} <= \
+        set(third["steps_run"])
 
 
 def test_run_rejects_an_unknown_flag_before_doing_any_work(tmp_path):
@@ -132,4 +136,27 @@ def test_run_rejects_a_bad_query_share_before_doing_any_work(tmp_path):
     with pytest.raises(InputError, match="query_share"):
         run.main(["--input", "x.txt", "--workdir", str(tmp_path / "w"), "--query_sample", "q.txt",
                  "--query_share", "1.5"])
+    assert not (tmp_path / "w").exists()
+
+
+def test_budget_picks_the_best_representation_that_fits_and_writes_it(tmp_path, corpus):
+    hub = save_text_encoder(str(tmp_path / "hub"), 512)
+    work = tmp_path / "work"
+    argv = ["--input", str(corpus), "--workdir", str(work), "--encoder", f"tfhub:{hub}", "--epochs", "1",
+            "--queries", "30", "--no-download", "--budget_bytes", "16", "--output_dim", "16"]
+    summary = run.main(argv)
+    assert {"fit-pq-16", "fit-pca-int8", "fit-autoencoder-int8"} <= set(summary["steps_run"])
+    report = json.loads((work / "report" / "report.json").read_text())
+    fits = [r for r in report["frontier"]["rows"] if r["bytes_per_vector"] <= 16]
+    assert {r["name"] for r in fits} >= {"pq-16", "pca-16/int8", "autoencoder-16/int8"}
+    best = max(r["recall@10"] for r in fits)
+    chosen = next(r for r in fits if r["name"] == report["chosen"])
+    assert chosen["recall@10"] == best and summary["representation"]["name"] == report["chosen"]
+    written = read_records(work / "reduced")
+    assert len(written) == 400 and summary["representation"]["bytes_per_vector"] <= 16
+
+
+def test_a_budget_nothing_fits_fails_before_any_work(tmp_path, corpus):
+    with pytest.raises(InputError, match="smallest is pq-8"):
+        run.main(["--input", str(corpus), "--workdir", str(tmp_path / "w"), "--budget_bytes", "4"])
     assert not (tmp_path / "w").exists()

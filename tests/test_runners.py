@@ -122,7 +122,7 @@ def test_reduce_translates_for_dataflow(tmp_path, fmt):
     p = beam.Pipeline(options=_dataflow_options())
     config = reduce.ReduceConfig(reducer="gs://fake-bucket/pca", input="gs://fake-bucket/emb",
                                  output="gs://fake-bucket/red", format=fmt)
-    reduce.build(p, config, _bucket_dataset("emb"), load_reducer(reducer), True, _dataflow_options())
+    reduce.build(p, config, _bucket_dataset("emb"), 512, True, _dataflow_options())
     names, blob = _translated(p)
     assert {"ReadShards", "Reduce", "WriteShards/WriteShard", "DeadLetters/WriteDeadLetters"} <= names
     _assert_no_local_paths(blob, reducer)

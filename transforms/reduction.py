@@ -21,14 +21,14 @@ from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
 
 from pipelines.common import deadletter as dl
-from pipelines.common import files, records, reducers
+from pipelines.common import codecs, files, records
 from pipelines.common.logs import Progress
 from transforms.sinks import DEAD, DeadLetterCounter
 
 NAMESPACE = "reduce"
 CORRUPT_RECORD = "corrupt_record"
 NON_FINITE_OUTPUT = "non_finite_output"
-DTYPES = {"float32": np.float32, "float16": np.float16}
+DTYPES = ("float32", "float16")
 
 
 @dataclass
@@ -43,12 +43,16 @@ class Columns:
     order: tuple[int, int] = (0, 0)
 
 
-def parquet_schema(dim: int, dtype: str, with_text: bool) -> pa.Schema:
-    value = pa.float16() if dtype == "float16" else pa.float32()
+def parquet_schema(representation: codecs.Representation, with_text: bool) -> pa.Schema:
+    """``id``, optional ``text``, then ``embedding`` (fixed-size float list) or ``codes`` (fixed-size binary)."""
     fields = [pa.field(records.ID, pa.string(), nullable=False)]
     if with_text:
         fields.append(pa.field(records.TEXT, pa.string()))
-    fields.append(pa.field(records.EMBEDDING, pa.list_(value, dim), nullable=False))
+    if representation.codes:
+        fields.append(pa.field(records.CODES, pa.binary(representation.bytes_per_vector), nullable=False))
+    else:
+        value = pa.float16() if representation.precision == "float16" else pa.float32()
+        fields.append(pa.field(records.EMBEDDING, pa.list_(value, representation.dim), nullable=False))
     return pa.schema(fields)
 
 
@@ -145,34 +149,55 @@ class BatchVectors(beam.PTransform):
 
 
 class ReduceBatch(beam.DoFn):
-    """Columns -> reduced rows (a list of serialized records, or an Arrow table) + dead letters."""
+    """Columns -> ``(order, rows)`` in the output format (serialized records or an Arrow table) + dead letters.
 
-    def __init__(self, reducer_path: str, keep_text: bool, out_format: str, dtype: str, batch_size: int,
+    The representation (``spec``: a reducer, ``identity`` or a codec artifact)
+    is applied in fixed-size calls padded to ``batch_size`` rows, so the
+    kernels, hence the bytes, do not depend on how the runner split the input.
+    Vectors that come out non-finite are dead-lettered; int8 values outside the
+    calibrated ranges are clipped and counted (``clipped_values``).
+    """
+
+    def __init__(self, spec: str, precision: str, input_dim: int, keep_text: bool, out_format: str, batch_size: int,
                  total: int | None = None, share: int | None = 1):
-        self.reducer_path, self.keep_text = reducer_path, keep_text
-        self.out_format, self.dtype, self.batch_size = out_format, dtype, batch_size
+        self.spec, self.precision, self.input_dim = spec, precision, input_dim
+        self.keep_text, self.out_format, self.batch_size = keep_text, out_format, batch_size
         self.total, self.share = total, share
 
     def setup(self):
-        self.reducer = reducers.load_reducer(self.reducer_path)
-        self.schema = parquet_schema(self.reducer.output_dim, self.dtype, self.keep_text)
+        self.rep = codecs.open_representation(self.spec, self.precision, self.input_dim)
+        self.schema = parquet_schema(self.rep, self.keep_text)
         self.written = Metrics.counter(NAMESPACE, "written")
+        self.clipped = Metrics.counter(NAMESPACE, "clipped_values")
         self.dead = DeadLetterCounter(NAMESPACE)
         self.progress = Progress("vectors reduced", self.total, self.share)
 
-    def _reduce(self, vectors: np.ndarray) -> np.ndarray:
-        """Reducer output for ``vectors``, computed in fixed-shape calls (see module docstring)."""
+    def _fixed(self, fn, x: np.ndarray) -> np.ndarray:
+        """``fn`` applied in calls of exactly ``batch_size`` rows (zero-padded), results concatenated."""
         out = []
-        for start in range(0, len(vectors), self.batch_size):
-            chunk = vectors[start:start + self.batch_size]
-            padded = np.zeros((self.batch_size, self.reducer.input_dim), np.float32)
+        for start in range(0, len(x), self.batch_size):
+            chunk = x[start:start + self.batch_size]
+            padded = np.zeros((self.batch_size, x.shape[1]), x.dtype)
             padded[:len(chunk)] = chunk
-            out.append(self.reducer(padded)[:len(chunk)])
-        return np.concatenate(out) if out else np.zeros((0, self.reducer.output_dim), np.float32)
+            out.append(fn(padded)[:len(chunk)])
+        return np.concatenate(out)
+
+    def _store(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(stored rows, finite mask): floats at the precision, or int8/PQ codes."""
+        if not self.rep.dense:
+            return self._fixed(self.rep.codec.encode, vectors), np.ones(len(vectors), bool)
+        reduced = self._fixed(self.rep.query, vectors)
+        finite = np.isfinite(reduced).all(axis=1)
+        if self.rep.precision == "int8":
+            codes, clipped = self.rep.codec.encode(reduced[finite])
+            self.clipped.inc(clipped)
+            return codes, finite
+        return reduced[finite].astype(np.float16 if self.rep.precision == "float16" else np.float32), finite
 
     def process(self, columns: Columns):
-        reduced = self._reduce(columns.vectors).astype(DTYPES[self.dtype])
-        finite = np.isfinite(reduced).all(axis=1)
+        if not len(columns.ids):
+            return
+        stored, finite = self._store(columns.vectors)
         for i in np.flatnonzero(~finite):
             yield self.dead.output(NON_FINITE_OUTPUT, "reducer", None, id_=columns.ids[i],
                                    detail="the reducer produced NaN or Inf for this vector")
@@ -183,16 +208,20 @@ class ReduceBatch(beam.DoFn):
         texts = [columns.texts[i] for i in keep] if self.keep_text else None
         self.written.inc(len(ids))
         self.progress.add(len(ids))
-        yield columns.order, self._rows(ids, texts, reduced[keep])
+        yield columns.order, self._rows(ids, texts, stored)
 
-    def _rows(self, ids: list[str], texts: list[str] | None, reduced: np.ndarray):
+    def _rows(self, ids: list[str], texts: list[str] | None, stored: np.ndarray):
         if self.out_format == "tfrecord":
-            return records.encode_examples(ids, reduced, texts)
+            vectors = [row.tobytes() for row in stored] if self.rep.codes else stored
+            return records.encode_examples(ids, vectors, texts)
         columns = {records.ID: ids}
         if texts is not None:
             columns[records.TEXT] = texts
-        flat = pa.array(reduced.reshape(-1), type=self.schema.field(records.EMBEDDING).type.value_type)
-        columns[records.EMBEDDING] = pa.FixedSizeListArray.from_arrays(flat, self.reducer.output_dim)
+        if self.rep.codes:
+            columns[records.CODES] = pa.array([row.tobytes() for row in stored], self.schema.field(records.CODES).type)
+        else:
+            flat = pa.array(stored.reshape(-1), type=self.schema.field(records.EMBEDDING).type.value_type)
+            columns[records.EMBEDDING] = pa.FixedSizeListArray.from_arrays(flat, self.rep.dim)
         return pa.Table.from_pydict(columns, schema=self.schema)
 
 

@@ -9,11 +9,10 @@ against the manifests by the job when the pipeline is done.
 from __future__ import annotations
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
 
+from pipelines.common import files
 from pipelines.common.dataset import EmbeddingDataset
 from pipelines.common.errors import DataError
 
@@ -21,7 +20,7 @@ from pipelines.common.errors import DataError
 def read_records(path: str):
     """Every serialized record of one TFRecord shard, in order; DataError naming the shard on damage."""
     n = 0
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    with files.open_read(path) as f:
         while True:
             try:
                 record = _TFRecordUtil.read_record(f)

@@ -49,6 +49,8 @@ class EmbeddingDataset:
         return dataset
 
     def _check_schema(self) -> None:
+        if self.parquet:
+            return
         schema = records.read_schema(self.directory)
         if self.codes:
             return
@@ -81,6 +83,10 @@ class EmbeddingDataset:
     def codes(self) -> bool:
         """Whether records hold ``codes`` bytes (int8/PQ) instead of a float ``embedding``."""
         return bool(self.manifest.get("codes", False))
+
+    @property
+    def parquet(self) -> bool:
+        return self.manifest.get("format") == "parquet"
 
     @property
     def fingerprint(self) -> str | None:
@@ -126,37 +132,62 @@ def in_holdout(ids, permille: int):
 def iter_batches(datasets: list[EmbeddingDataset], batch_size: int = 4096, with_text: bool = False):
     """``{'id': [str], 'vector': float32 [n, dim] or uint8 codes [n, bytes], 'text': [str]}`` batches, in shard order.
 
-    Reads exactly the listed shards and checks each dataset's record count at
-    its end; a damaged shard fails with its name (DataError).
+    Reads exactly the listed shards (TFRecord or Parquet) and checks each
+    dataset's record count at its end; a damaged shard fails with its name.
     """
+    for dataset in datasets:
+        read = 0
+        for shard in dataset.shards:
+            batches = _parquet_batches if dataset.parquet else _tfrecord_batches
+            for batch in batches(dataset, shard, batch_size, with_text):
+                read += len(batch["id"])
+                yield batch
+        dataset.check_count(read, "reading")
+
+
+def _tfrecord_batches(dataset: EmbeddingDataset, shard: str, batch_size: int, with_text: bool):
     import numpy as np
     import tensorflow as tf
 
-    for dataset in datasets:
-        read = 0
-        spec = {records.ID: tf.io.FixedLenFeature([], tf.string)}
-        spec[records.CODES if dataset.codes else records.EMBEDDING] = (
-            tf.io.FixedLenFeature([], tf.string) if dataset.codes else tf.io.FixedLenFeature([dataset.dim], tf.float32))
-        if with_text:
-            spec[records.TEXT] = tf.io.FixedLenFeature([], tf.string)
-        for shard in dataset.shards:
-            try:
-                for batch in tf.data.TFRecordDataset(shard).batch(batch_size):
-                    parsed = tf.io.parse_example(batch, spec)
-                    out = {"id": [b.decode("utf-8") for b in parsed[records.ID].numpy()]}
-                    if dataset.codes:
-                        raw = parsed[records.CODES].numpy()
-                        out["vector"] = np.frombuffer(b"".join(raw), np.uint8).reshape(len(raw), -1)
-                    else:
-                        out["vector"] = parsed[records.EMBEDDING].numpy()
-                    if with_text:
-                        out["text"] = [b.decode("utf-8") for b in parsed[records.TEXT].numpy()]
-                    read += len(out["id"])
-                    yield out
-            except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-                raise DataError(f"{shard}: damaged or unexpected records ({e.message.splitlines()[0][:200]})") \
-                    from None
-        dataset.check_count(read, "reading")
+    spec = {records.ID: tf.io.FixedLenFeature([], tf.string)}
+    spec[records.CODES if dataset.codes else records.EMBEDDING] = (
+        tf.io.FixedLenFeature([], tf.string) if dataset.codes else tf.io.FixedLenFeature([dataset.dim], tf.float32))
+    if with_text:
+        spec[records.TEXT] = tf.io.FixedLenFeature([], tf.string)
+    try:
+        for batch in tf.data.TFRecordDataset(shard).batch(batch_size):
+            parsed = tf.io.parse_example(batch, spec)
+            out = {"id": [b.decode("utf-8") for b in parsed[records.ID].numpy()]}
+            if dataset.codes:
+                raw = parsed[records.CODES].numpy()
+                out["vector"] = np.frombuffer(b"".join(raw), np.uint8).reshape(len(raw), -1)
+            else:
+                out["vector"] = parsed[records.EMBEDDING].numpy()
+            if with_text:
+                out["text"] = [b.decode("utf-8") for b in parsed[records.TEXT].numpy()]
+            yield out
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        raise DataError(f"{shard}: damaged or unexpected records ({e.message.splitlines()[0][:200]})") from None
+
+
+def _parquet_batches(dataset: EmbeddingDataset, shard: str, batch_size: int, with_text: bool):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    column = records.CODES if dataset.codes else records.EMBEDDING
+    names = [records.ID, column] + ([records.TEXT] if with_text else [])
+    with files.open_read(shard) as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=names):
+            values = batch.column(column)
+            if dataset.codes:
+                vector = np.frombuffer(values.buffers()[1], np.uint8, count=len(values) * values.type.byte_width,
+                                       offset=values.offset * values.type.byte_width).reshape(len(values), -1)
+            else:
+                vector = values.flatten().to_numpy(zero_copy_only=False).reshape(len(values), -1).astype(np.float32)
+            out = {"id": batch.column(records.ID).to_pylist(), "vector": vector}
+            if with_text:
+                out["text"] = batch.column(records.TEXT).to_pylist()
+            yield out
 
 
 def read_all(directory: str, kinds: str | tuple[str, ...] = KINDS, with_text: bool = True) -> dict:

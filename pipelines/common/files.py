@@ -71,6 +71,13 @@ def create(path: str) -> BinaryIO:
     return FileSystems.create(str(path))
 
 
+def open_read(path: str) -> BinaryIO:
+    """A binary file opened for reading, as stored (no decompression by extension)."""
+    from apache_beam.io.filesystem import CompressionTypes
+
+    return FileSystems.open(str(path), compression_type=CompressionTypes.UNCOMPRESSED)
+
+
 def read_bytes(path: str) -> bytes:
     with FileSystems.open(str(path)) as f:
         return f.read()

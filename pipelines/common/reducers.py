@@ -15,6 +15,7 @@ from pipelines.common import files, manifests
 from pipelines.common.errors import ArtifactError
 
 KINDS = ("pca", "autoencoder")
+IDENTITY = "identity"  # the raw vectors, as a reducer that changes nothing
 HEAD_DIR = "head"
 SIGNATURE = "serving_default"
 INPUT_NAME = "embedding"
@@ -57,7 +58,7 @@ class Reducer:
 
     def __init__(self, path: str, manifest: dict, loaded):
         self.path, self.manifest = path, manifest
-        self._loaded = loaded  # owns the variables the signature reads
+        self.loaded = loaded  # owns the variables the signature reads
         self._fn = loaded.signatures[SIGNATURE]
         self.kind = manifest["kind"]
         self.input_dim = int(manifest["input_dim"])
@@ -73,6 +74,26 @@ class Reducer:
         """What a downstream manifest records about the reducer it used."""
         keys = ("kind", "input_dim", "output_dim", "fingerprint", "created_utc", "center", "l2_normalize")
         return {"path": self.path, **{k: self.manifest[k] for k in keys if k in self.manifest}}
+
+
+class Identity:
+    """The raw vectors as a reducer (``identity``): what the coded raw-512 representations start from."""
+
+    kind = "raw"
+    path = IDENTITY
+    manifest = {"kind": "raw", "fingerprint": IDENTITY}
+
+    def __init__(self, dim: int):
+        self.input_dim = self.output_dim = int(dim)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.input_dim:
+            raise ValueError(f"the identity reducer takes [n, {self.input_dim}] vectors, got shape {x.shape}")
+        return x
+
+    def summary(self) -> dict:
+        return {"path": IDENTITY, "kind": "raw", "input_dim": self.input_dim, "output_dim": self.output_dim}
 
 
 def load_reducer(path: str) -> Reducer:

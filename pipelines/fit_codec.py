@@ -1,0 +1,199 @@
+"""fit-codec: fit an int8 or product-quantization codec on an embedding dataset.
+
+    shrink fit-codec --input out/emb --output out/raw-int8 --codec int8                     # raw 512-d, 512 B
+    shrink fit-codec --input out/emb --output out/pca-int8 --codec int8 --reducer out/pca   # PCA-128, 128 B
+    shrink fit-codec --input out/emb --output out/pq64 --codec pq --m 64                    # OPQ + PQ, 64 B
+
+int8: the reducer's outputs (``--reducer``, default ``identity``: the raw
+vectors) are calibrated per dimension with tf.Transform analyzers
+(``tft.min``/``tft.max``) over every row; values outside the range are
+clipped (and counted) when coding. The artifact's ``head/`` SavedModel has
+``quantize``/``dequantize`` signatures beside ``serving_default``.
+
+pq: faiss OPQ + PQ (``--m`` sub-quantizers of 8 bits = ``m`` bytes per
+vector) trained on a seeded sample of ``--sample_count`` rows (default
+{sample}, see benchmarks/RESULTS.md), never the whole corpus in memory.
+Reads exactly the shards the input manifests list; writes ``manifest.json`` last.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+
+import apache_beam as beam
+import tensorflow as tf
+import tensorflow_transform.beam as tft_beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.common import codecs, files, manifests, quantization, reducers
+from pipelines.common import config as cfg
+from pipelines.common.beam_runner import counter_values, create_pipeline, parse_job_args, run_and_wait
+from pipelines.common.dataset import EmbeddingDataset, open_all
+from pipelines.common.errors import DataError, InputError
+from pipelines.common.outputs import OutputDir
+from transforms import codec_fitting
+from transforms.reduction import ParseRecords
+from transforms.shards import ReadShards
+from transforms.sinks import DEAD, DEADLETTER_DIR, WriteDeadLetters
+
+log = logging.getLogger(__name__)
+NAMESPACE = "fit_codec"
+DEFAULT_PQ_SAMPLE = 100_000
+OWNED = (f"{reducers.HEAD_DIR}/*", codecs.PQ_INDEX, f"{DEADLETTER_DIR}/*")
+__doc__ = __doc__.format(sample=f"{DEFAULT_PQ_SAMPLE:,}")
+
+
+@dataclass(frozen=True)
+class FitCodecConfig:
+    input: str
+    output: str
+    codec: str
+    reducer: str = reducers.IDENTITY
+    extra_input: tuple[str, ...] = ()
+    m: int = 64
+    opq: bool = True
+    sample_count: int | None = None
+    seed: int = 0
+    batch_size: int = 1000
+    temp_dir: str | None = None
+    overwrite: bool = False
+
+    def params(self) -> dict:
+        return cfg.params(self, exclude=("input", "output", "extra_input", "reducer", "batch_size", "temp_dir",
+                                         "overwrite"))
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="shrink fit-codec", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", required=True, help="embedding dataset directory (output of `shrink embed`)")
+    p.add_argument("--extra_input", action="append", default=[], help="more embedding datasets to fit on")
+    p.add_argument("--output", required=True, help="codec artifact directory (new, empty, or an earlier fit)")
+    p.add_argument("--codec", required=True, choices=codecs.CODE_KINDS)
+    p.add_argument("--reducer", default=reducers.IDENTITY,
+                   help="int8: the reducer whose outputs are coded (a fit-pca or train output, or 'identity')")
+    p.add_argument("--m", type=int, default=FitCodecConfig.m,
+                   help="pq: bytes per vector (sub-quantizers of 8 bits); must divide the dimension")
+    p.add_argument("--opq", action=argparse.BooleanOptionalAction, default=True,
+                   help="pq: learn an OPQ rotation first (better recall, slower training)")
+    p.add_argument("--sample_count", type=int,
+                   help=f"rows to fit on, a seeded uniform sample (pq default {DEFAULT_PQ_SAMPLE:,}; int8: all rows)")
+    p.add_argument("--seed", type=int, default=0, help="sampling and training seed")
+    p.add_argument("--batch_size", type=int, default=FitCodecConfig.batch_size, help="rows per batch")
+    p.add_argument("--temp_dir", help="int8: where tf.Transform's temporary files go (removed after)")
+    p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
+                   help="replace an earlier fit of different parameters in --output")
+    return p
+
+
+def sample_fraction(config: FitCodecConfig, total: int) -> float:
+    count = config.sample_count if config.sample_count is not None else (
+        DEFAULT_PQ_SAMPLE if config.codec == "pq" else None)
+    if count is None:
+        return 1.0
+    if count < 1:
+        raise InputError("--sample_count must be positive")
+    return min(1.0, count / max(total, 1))
+
+
+def build(p: beam.Pipeline, datasets: list[EmbeddingDataset], config: FitCodecConfig, fraction: float,
+          temp_dir: str) -> None:
+    """read (counted) -> parse (non-finite out) -> sample -> calibrate (int8) or train (pq)."""
+    dim = datasets[0].dim
+    parsed = (p
+              | "ReadShards" >> ReadShards(datasets, NAMESPACE, config.batch_size)
+              | "ParseRecords" >> ParseRecords(dim, with_text=False))
+    _ = (parsed[DEAD],) | "DeadLetters" >> WriteDeadLetters(config.output)
+    if config.codec == "pq":
+        _ = (parsed["columns"]
+             | "Sample" >> beam.Map(codec_fitting.sample_rows, fraction, config.seed)
+             | "Gather" >> beam.combiners.ToList()
+             | "TrainPQ" >> beam.ParDo(codec_fitting.TrainPQ(files.join(config.output, codecs.PQ_INDEX), dim,
+                                                              config.m, config.opq, config.seed, NAMESPACE)))
+        return
+    expected = int(sum(d.records for d in datasets) * fraction)
+    batches = parsed["columns"] | "Reduce" >> beam.ParDo(
+        codec_fitting.ReduceToArrow(config.reducer, dim, NAMESPACE, expected))
+    with tft_beam.Context(temp_dir=temp_dir, force_tf_compat_v1=True):
+        transform_fn = ((batches, codec_fitting.tensor_adapter_config(_output_dim(config, dim)))
+                        | "Analyze" >> tft_beam.AnalyzeDataset(codec_fitting.preprocessing_fn))
+        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(os.path.join(temp_dir, "analyzed"))
+
+
+def _output_dim(config: FitCodecConfig, input_dim: int) -> int:
+    return codecs.load_reducer(config.reducer, input_dim).output_dim
+
+
+def check_counts(result, datasets: list[EmbeddingDataset]) -> dict:
+    counts = counter_values(result, NAMESPACE)
+    expected = sum(d.records for d in datasets)
+    if counts.get("read", 0) != expected:
+        raise DataError(f"fit-codec read {counts.get('read', 0)} records, the input manifests list {expected}: "
+                        "a dataset is damaged; re-create it")
+    return counts
+
+
+def run(config: FitCodecConfig, options: PipelineOptions) -> dict:
+    """Fit the codec into ``config.output``; returns the manifest."""
+    datasets = open_all([config.input, *config.extra_input])
+    reducer = codecs.load_reducer(config.reducer, datasets[0].dim)
+    if config.codec == "pq" and (config.m < 1 or datasets[0].dim % config.m):
+        raise InputError(f"--m must divide the vector dimension {datasets[0].dim}, got {config.m}")
+    fraction = sample_fraction(config, sum(d.records for d in datasets))
+    params = {**config.params(), "inputs": [[files.absolute(d.directory), d.fingerprint] for d in datasets],
+              "reducer": files.absolute(config.reducer) if config.reducer != reducers.IDENTITY else reducers.IDENTITY,
+              "reducer_fingerprint": reducer.manifest.get("fingerprint"), "sample_fraction": fraction}
+    out = OutputDir(config.output, codecs.KIND, manifests.fingerprint(params), OWNED)
+    with out.claim(config.overwrite):
+        temp_dir = os.path.join(config.temp_dir or tempfile.gettempdir(), f"fit-codec-{uuid.uuid4().hex[:12]}")
+        start = time.monotonic()
+        try:
+            p = create_pipeline(options)
+            build(p, datasets, config, fraction, temp_dir)
+            counts = check_counts(run_and_wait(p), datasets)
+            body = _finish(config, reducer, datasets[0].dim, counts, temp_dir)
+        finally:
+            if tf.io.gfile.exists(temp_dir):
+                tf.io.gfile.rmtree(temp_dir)
+        manifest = out.commit({**params, **body, "seconds": round(time.monotonic() - start, 2),
+                               "rows_read": counts["read"],
+                               "rows_non_finite": counts.get("dead_letter_non_finite", 0)})
+    log.info("%s codec (%d bytes/vector) fitted in %.1fs -> %s", manifest["name"], manifest["bytes_per_vector"],
+             manifest["seconds"], config.output)
+    return manifest
+
+
+def _finish(config: FitCodecConfig, reducer, input_dim: int, counts: dict, temp_dir: str) -> dict:
+    """The codec's files beside the manifest (int8 head) and its manifest fields."""
+    family = codecs.family_of(reducer)
+    if config.codec == "pq":
+        codec = codecs.load_pq(config.output, input_dim)
+        return {"codec": "pq", "family": "pq", "name": codecs.name_of("pq", codec.code_size, "pq"),
+                "input_dim": input_dim, "dim": input_dim, "m": codec.m, "nbits": codec.nbits, "metric": codec.metric,
+                "opq_trained": codec.opq,
+                "bytes_per_vector": codec.code_size, "sample_rows": counts.get("sample_rows", 0),
+                "train_seconds": round(counts.get("train_ms", 0) / 1000, 2)}
+    if counts.get("rows_analyzed", 0) == 0:
+        raise InputError(f"no rows to calibrate on in {config.input}")
+    lo, hi = codec_fitting.read_ranges(os.path.join(temp_dir, "analyzed", "transform_fn"))
+    codec = quantization.Int8Codec(lo, hi)
+    codecs.save_int8_head(config.output, reducer, codec)
+    return {"codec": "int8", "family": family, "name": codecs.name_of(family, codec.dim, "int8"),
+            "input_dim": input_dim, "dim": codec.dim, "bytes_per_vector": codec.dim, "head": reducers.HEAD_DIR,
+            "rows_analyzed": counts["rows_analyzed"], **codec.to_dict()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, options = parse_job_args(make_parser(), argv)
+    return run(cfg.from_namespace(FitCodecConfig, args), options)
+
+
+if __name__ == "__main__":
+    from pipelines.cli import module_main
+
+    module_main("pipelines.fit_codec")
