@@ -24,10 +24,12 @@ from pipelines.common.errors import NAMES, ShrinkError
 COMMANDS = {
     "embed": ("pipelines.embed", "corpus -> 512-d embedding TFRecord shards"),
     "fit-pca": ("pipelines.fit_pca", "fit the PCA reducer with tf.Transform on embedding shards"),
+    "fit-codec": ("pipelines.fit_codec", "fit an int8 (tf.Transform ranges) or product-quantization (faiss) codec"),
     "train": ("trainer.task", "train the tied autoencoder on embedding shards, export a reduction head"),
-    "reduce": ("pipelines.reduce", "rewrite an embedding dataset as k-d vectors with a reducer artifact"),
-    "evaluate": ("pipelines.evaluate", "score reducers (STS fidelity, retrieval, cost) and write a report"),
-    "run": ("pipelines.run", "the whole flow: embed -> fit-pca + train -> evaluate -> reduce"),
+    "reduce": ("pipelines.reduce", "rewrite an embedding dataset in a smaller representation"),
+    "evaluate": ("pipelines.evaluate", "score every representation (quality per stored byte) and write a report"),
+    "search": ("pipelines.search", "find the nearest sentences to a query in a reduced corpus"),
+    "run": ("pipelines.run", "the whole flow: embed -> fit-pca + train -> fit-codec -> evaluate -> reduce"),
     "demo": ("pipelines.demo", "`run` on the built-in sample corpus (make demo)"),
     "sample-corpus": ("pipelines.sample_corpus", "write the built-in synthetic financial-news corpus"),
 }

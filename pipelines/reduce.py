@@ -137,14 +137,15 @@ def build(p: beam.Pipeline, config: ReduceConfig, source: EmbeddingDataset | Non
 def check_counts(result, config: ReduceConfig, source: EmbeddingDataset | None) -> dict:
     """Reconciled counts: every vector read (or embedded from text) was written or dead-lettered."""
     reduced = counter_values(result, NAMESPACE)
+    clipped = {"clipped_values": reduced.get("clipped_values", 0)}
     if source is not None:
         counts = reconcile(reduced, "read", ("written", "dead_letter"))
         source.check_count(counts["read"], "reduce")
-        return counts
+        return {**counts, **clipped}
     embedded = reconcile_embedding(counter_values(result, corpus.NAMESPACE), config.allow_partial_files,
                                    files.join(config.output, DEADLETTER_DIR))
     return {**reconcile({**reduced, "read": embedded["embedded"]}, "read", ("written", "dead_letter")),
-            "embed": embedded}
+            **clipped, "embed": embedded}
 
 
 def open_inputs(config: ReduceConfig) -> tuple[EmbeddingDataset | None, codecs.Representation, dict]:
