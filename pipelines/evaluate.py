@@ -170,10 +170,14 @@ class Queries:
     corpus_rows: int
 
 
-def sample_queries(dataset: EmbeddingDataset, config: EvaluateConfig) -> Queries:
-    """``config.queries`` rows drawn uniformly (seeded) from the held-out split of the whole corpus.
+MIN_HELD_OUT_QUERIES = 50
 
-    Falls back to all rows when the corpus has too few held-out rows. One streaming pass.
+
+def sample_queries(dataset: EmbeddingDataset, config: EvaluateConfig) -> Queries:
+    """Up to ``config.queries`` rows drawn uniformly (seeded) from the held-out split of the whole corpus.
+
+    A small corpus with fewer held-out rows than asked for uses all of them; one
+    with fewer than 50 draws from every row instead. One streaming pass.
     """
     held, every = SmallestKeys(config.queries), SmallestKeys(config.queries)
     offset = 0
@@ -184,7 +188,7 @@ def sample_queries(dataset: EmbeddingDataset, config: EvaluateConfig) -> Queries
         held.add(keys[mask], vectors=batch["vector"][mask], index=rows[mask])
         every.add(keys, vectors=batch["vector"], index=rows)
         offset += len(keys)
-    use_held = held.seen >= min(config.queries, offset)
+    use_held = held.seen >= min(config.queries, MIN_HELD_OUT_QUERIES, offset)
     chosen = (held if use_held else every).result()
     if not chosen:
         return Queries(np.zeros((0, dataset.dim), np.float32), np.zeros(0, np.int64), use_held, offset)

@@ -336,6 +336,9 @@ class Flow:
                  f"written with: {writes[0][1]}" + (f" (re-ranked with {writes[1][1]})" if len(writes) > 1 else ""),
                  f"report: {summary['report']}",
                  f"steps run this time: {', '.join(self.ran) or 'none (all up to date)'}"]
+        same_bytes = json.loads(files.read_text(self.path("report", "report.json"))).get("same_bytes_line")
+        if same_bytes:
+            lines.insert(3, same_bytes)
         if new is not None:
             summary["new_vectors"] = new
             lines.append(f"new sentences this time: {new}" + (_drift_line(self.state.increments[-1]) if new else ""))
