@@ -28,18 +28,18 @@ from pipelines.common import config as cfg
 from pipelines.common import files, manifests, records
 from pipelines.common.beam_runner import (counter_values, create_pipeline, parse_job_args, processes_per_machine,
                                           progress_share, run_and_wait)
+from pipelines.common import dataset
 from pipelines.common.dataset import EmbeddingDataset, open_all, shard_entries
 from pipelines.common.errors import ArtifactError, InputError
 from pipelines.common.outputs import OutputDir
-from transforms.corpus import FORMATS, NAMESPACE, ReadCorpus, check_patterns
+from transforms.corpus import NAMESPACE, ReadCorpus, check_patterns
 from transforms.dedupe import ReadPrevious
-from transforms.embedding import EmbedCorpus, EncoderModelHandler, ToExamples, reconcile_embedding
+from transforms.embedding import (EmbedCorpus, EncoderModelHandler, ToExamples, add_corpus_flags,
+                                  reconcile_embedding)
 from transforms.encoders import DEFAULT_ENCODER, validate_spec
 from transforms.sinks import DEAD, DEADLETTER_DIR, WriteDeadLetters
 
 log = logging.getLogger(__name__)
-DATA_PREFIX = "data"
-OWNED = ("data-*", f"{DEADLETTER_DIR}/*", records.SCHEMA_FILE)
 
 
 @dataclass(frozen=True)
@@ -72,25 +72,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", action="append", required=True,
                    help="file pattern to read (repeatable); local or any Beam filesystem; .gz/.bz2 decompressed")
     p.add_argument("--output", required=True, help="output directory (new, empty, or an earlier embed output)")
-    p.add_argument("--input_format", default="auto", choices=["auto", *FORMATS],
-                   help="auto: by file extension (.txt .csv .tsv .jsonl .parquet), else text")
-    p.add_argument("--text_field", help="column/field holding the sentence (CSV, TSV, JSONL, Parquet)")
-    p.add_argument("--id_field", help="optional column/field with a record id (string or integer); "
-                                      "default: a hash of the normalized sentence")
-    p.add_argument("--encoder", default=DEFAULT_ENCODER,
-                   help="'use-m3' (offline USE multilingual v3) or 'tfhub:<handle or SavedModel path>'")
-    p.add_argument("--embedding_dim", type=int, default=EmbedConfig.embedding_dim,
-                   help="dimension the encoder must return; other vectors are dead-lettered")
-    p.add_argument("--max_chars", type=int, default=EmbedConfig.max_chars,
-                   help="longer sentences (after normalization) are dead-lettered, not truncated")
+    add_corpus_flags(p)
     p.add_argument("--previous", action="append", default=[],
                    help="earlier embedding output whose ids are not embedded again (repeatable)")
-    p.add_argument("--allow_partial_files", action=argparse.BooleanOptionalAction, default=False,
-                   help="succeed although input files were truncated or unreadable (they are dead-lettered)")
-    p.add_argument("--encoder_threads", type=int, default=0,
-                   help="BLAS threads per worker process; 0 = its share of the machine's cores")
     p.add_argument("--num_shards", type=int, default=0, help="output shards; 0 lets the runner decide")
-    p.add_argument("--max_batch_size", type=int, default=EmbedConfig.max_batch_size, help="largest encoder batch")
     p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                    help="replace an earlier embed output of different parameters in --output")
     return p
@@ -104,7 +89,8 @@ def build(p: beam.Pipeline, config: EmbedConfig, handler: EncoderModelHandler,
     embedded = p | "EmbedCorpus" >> EmbedCorpus(read, handler, config.embedding_dim, earlier, share)
     _ = (embedded["vectors"]
          | "ToExamples" >> ToExamples()
-         | "WriteShards" >> records.write_tfrecord_batches(files.join(config.output, DATA_PREFIX), config.num_shards))
+         | "WriteShards" >> records.write_tfrecord_batches(files.join(config.output, dataset.DATA_PREFIX),
+                                                           config.num_shards))
     _ = (embedded[DEAD],) | "DeadLetters" >> WriteDeadLetters(config.output)
 
 
@@ -137,7 +123,7 @@ def run(config: EmbedConfig, options: PipelineOptions) -> dict:
     check_patterns(config.input)
     previous = open_previous(config)
     params = {**config.params(), "previous": [[files.absolute(d.directory), d.fingerprint] for d in previous]}
-    out = OutputDir(config.output, "embeddings", manifests.fingerprint(params), OWNED)
+    out = OutputDir(config.output, "embeddings", manifests.fingerprint(params), dataset.OWNED)
     with out.claim(config.overwrite):
         handler = EncoderModelHandler(config.encoder, threads=config.encoder_threads or None,
                                       processes_per_machine=processes_per_machine(options),
@@ -148,7 +134,7 @@ def run(config: EmbedConfig, options: PipelineOptions) -> dict:
         counts = check_counts(run_and_wait(p), config, previous)
         elapsed = time.monotonic() - start
         records.write_schema(records.make_schema(config.embedding_dim), config.output)
-        shards = files.list_files(files.join(config.output, f"{DATA_PREFIX}-*"))
+        shards = files.list_files(files.join(config.output, f"{dataset.DATA_PREFIX}-*"))
         manifest = out.commit({
             **params, "counts": counts, "records": counts["embedded"], "dim": config.embedding_dim,
             "has_text": True, "shards": shard_entries(config.output, shards),

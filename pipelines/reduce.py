@@ -28,19 +28,18 @@ from pipelines.common import config as cfg
 from pipelines.common import codecs, files, manifests, records, reducers
 from pipelines.common.beam_runner import (counter_values, create_pipeline, parse_job_args, processes_per_machine,
                                           progress_share, run_and_wait)
+from pipelines.common import dataset
 from pipelines.common.dataset import EmbeddingDataset, shard_entries
 from pipelines.common.errors import InputError
 from pipelines.common.outputs import OutputDir
 from transforms import corpus
-from transforms.embedding import EmbedCorpus, EncoderModelHandler, reconcile_embedding
+from transforms.embedding import EmbedCorpus, EncoderModelHandler, add_corpus_flags, reconcile_embedding
 from transforms.encoders import DEFAULT_ENCODER, validate_spec
 from transforms.reduction import DTYPES, NAMESPACE, BatchVectors, ParseRecords, ReduceBatch, WriteInOrder
 from transforms.shards import ReadShards
 from transforms.sinks import DEAD, DEADLETTER_DIR, WriteDeadLetters, reconcile
 
 log = logging.getLogger(__name__)
-DATA_PREFIX = "data"
-OWNED = ("data-*", f"{DEADLETTER_DIR}/*", records.SCHEMA_FILE)
 
 
 @dataclass(frozen=True)
@@ -78,15 +77,7 @@ def make_parser() -> argparse.ArgumentParser:
     source.add_argument("--text_input", action="append",
                         help="raw corpus file pattern (repeatable), embedded on the fly as in `shrink embed`")
     text = p.add_argument_group("raw text input (with --text_input; same meaning as in `shrink embed`)")
-    text.add_argument("--input_format", default="auto", choices=["auto", *corpus.FORMATS])
-    text.add_argument("--text_field")
-    text.add_argument("--id_field")
-    text.add_argument("--encoder", default=DEFAULT_ENCODER)
-    text.add_argument("--embedding_dim", type=int, default=ReduceConfig.embedding_dim)
-    text.add_argument("--max_chars", type=int, default=ReduceConfig.max_chars)
-    text.add_argument("--allow_partial_files", action=argparse.BooleanOptionalAction, default=False)
-    text.add_argument("--encoder_threads", type=int, default=0)
-    text.add_argument("--max_batch_size", type=int, default=ReduceConfig.max_batch_size, help="largest encoder batch")
+    add_corpus_flags(text)
     p.add_argument("--reducer", required=True,
                    help="reducer artifact (fit-pca/train output), codec artifact (fit-codec output) or 'identity'")
     p.add_argument("--output", required=True, help="output directory (new, empty, or an earlier reduce output)")
@@ -129,7 +120,7 @@ def build(p: beam.Pipeline, config: ReduceConfig, source: EmbeddingDataset | Non
                      source.records if source else None, progress_share(options))
     reduced = columns | "Reduce" >> beam.ParDo(fn).with_outputs(DEAD, main="rows")
     input_shards = len(source.shards) if source is not None else 1
-    _ = reduced.rows | "WriteShards" >> WriteInOrder(files.join(config.output, DATA_PREFIX),
+    _ = reduced.rows | "WriteShards" >> WriteInOrder(files.join(config.output, dataset.DATA_PREFIX),
                                                      config.num_shards or input_shards, input_shards, config.format)
     _ = (reduced[DEAD], *dead) | "DeadLetters" >> WriteDeadLetters(config.output)
 
@@ -172,7 +163,7 @@ def run(config: ReduceConfig, options: PipelineOptions) -> dict:
     source, representation, params = open_inputs(config)
     keep_text = (source.has_text if source else True) and not config.drop_text
     input_dim = source.dim if source else config.embedding_dim
-    out = OutputDir(config.output, "reduced", manifests.fingerprint(params), OWNED)
+    out = OutputDir(config.output, "reduced", manifests.fingerprint(params), dataset.OWNED)
     with out.claim(config.overwrite):
         start = time.monotonic()
         p = create_pipeline(options)
@@ -182,7 +173,7 @@ def run(config: ReduceConfig, options: PipelineOptions) -> dict:
         if config.format == "tfrecord":
             records.write_schema(records.make_schema(representation.dim, keep_text, representation.codes),
                                  config.output)
-        shards = files.list_files(files.join(config.output, f"{DATA_PREFIX}-*"))
+        shards = files.list_files(files.join(config.output, f"{dataset.DATA_PREFIX}-*"))
         manifest = out.commit({
             **params, "dim": representation.dim, "input_dim": input_dim, "has_text": keep_text,
             "format": config.format, "codes": representation.codes, "representation": representation.summary(),

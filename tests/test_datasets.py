@@ -1,7 +1,7 @@
 """Data loaders: STS benchmark (real files when present), download cache, golden sets, financial corpus."""
 from __future__ import annotations
 
-import io
+
 import json
 import tarfile
 from pathlib import Path

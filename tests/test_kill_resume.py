@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from pipelines.common.errors import ArtifactError
-from pipelines.common import manifests, records
+from pipelines.common import manifests
 from pipelines import embed, fit_pca, reduce, sample_corpus
 from pipelines.common.reducers import load_reducer
 from tests.fixtures import correlated_vectors, read_records, write_embedding_dataset

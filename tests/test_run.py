@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from pipelines.common import records
+
 from pipelines.common.errors import InputError
 from pipelines import run, sample_corpus
 from tests.fixtures import read_records

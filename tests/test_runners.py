@@ -19,7 +19,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import embed, fit_pca, reduce
-from pipelines.common import records
+
 from pipelines.common.dataset import EmbeddingDataset
 from pipelines.common.reducers import load_reducer
 from transforms.embedding import EncoderModelHandler

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import time
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter

@@ -16,6 +16,8 @@ from pipelines.common import files, manifests, records
 from pipelines.common.errors import ArtifactError, DataError
 
 KINDS = ("embeddings", "reduced")
+DATA_PREFIX = "data"  # shards are data-SSSSS-of-NNNNN.tfrecord (or .parquet)
+OWNED = (f"{DATA_PREFIX}-*", "deadletter/*", records.SCHEMA_FILE)  # what a job writing a dataset owns
 HOLDOUT_BUCKETS = 1000
 
 
