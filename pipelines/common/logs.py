@@ -14,6 +14,7 @@ import importlib.abc
 import importlib.machinery
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -25,9 +26,23 @@ BENIGN = ("Could not find cuda drivers", "All log messages before absl::Initiali
           "TFRecordDataset `buffer_size` is unspecified", "MLIR V1 optimization pass is not enabled")
 
 
+_WORKER_MESSAGE = re.compile(r'message: "((?:[^"\\]|\\.)*)"')
+
+
 class _DropBenign(logging.Filter):
+    """Drops known-benign lines; shortens log records that Beam forwards from worker processes.
+
+    Multi-process workers' records arrive as a whole log-entry proto
+    (``Worker: severity: WARN timestamp {...} message: "..." ...``): only the message is kept.
+    """
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if message.startswith("Worker: severity:"):
+            found = _WORKER_MESSAGE.search(message)
+            if found:
+                record.msg, record.args = f"worker: {found.group(1)}", None
+                message = record.msg
         return not any(b in message for b in BENIGN)
 
 
