@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from pipelines.evaluation import metrics
-from pipelines.evaluation.frontier import TopK
+from pipelines.evaluation.metrics import TopK
 
 
 def stored(representation, x: np.ndarray) -> np.ndarray:

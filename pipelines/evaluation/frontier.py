@@ -4,11 +4,8 @@ Numpy only. Rankings follow ``metrics.top_k``'s conventions: best first,
 ties broken by the lower corpus index, ``-1`` (score ``-inf``) pads rows
 with fewer than k results, and a query's ``exclude`` index never appears.
 
-Ordering trick: a (score, index) pair is packed into one uint64 key whose
-ascending order is "higher score first, then lower index" (the float32 bits
-made order-preserving in the high word, the index in the low word), so one
-``np.partition`` picks an exact, deterministic top-k with ties resolved.
-Corpus indices must therefore be below 2**32 - 1.
+The streaming top-k (``metrics.TopK``) packs each (score, index) pair into one
+sortable key, so ties resolve to the lower index without a per-row loop.
 """
 from __future__ import annotations
 
@@ -20,78 +17,7 @@ import numpy as np
 
 from pipelines.common.errors import InputError
 from pipelines.evaluation import metrics
-
-MAX_INDEX = (1 << 32) - 2
-_PAD = np.uint64((1 << 64) - 1)  # sorts after every real candidate; decodes to index -1
-_SIGN = np.uint32(0x80000000)
-_LOW32 = np.uint64(0xFFFFFFFF)
-
-
-def _encode(scores: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """uint64 keys, ascending = descending score then ascending index."""
-    scores = np.asarray(scores, dtype=np.float32) + np.float32(0)  # -0.0 -> 0.0: they tie, as in top_k
-    if np.isnan(scores).any():
-        raise ValueError("scores contain NaN")
-    bits = scores.view(np.uint32)
-    ordered = np.where(bits & _SIGN, ~bits, bits | _SIGN)  # ascending with the float value
-    return ((~ordered).astype(np.uint64) << np.uint64(32)) | np.asarray(indices).astype(np.uint64)
-
-
-def _decode(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(indices int64, scores float32) of sorted keys; padding and -inf scores become -1 / -inf."""
-    ordered = ~(keys >> np.uint64(32)).astype(np.uint32)
-    bits = np.where(ordered & _SIGN, ordered & ~_SIGN, ~ordered)
-    scores = bits.view(np.float32).copy()
-    indices = (keys & _LOW32).astype(np.int64)
-    empty = (keys == _PAD) | ~np.isfinite(scores)
-    indices[empty], scores[empty] = -1, -np.inf
-    return indices, scores
-
-
-def _smallest(keys: np.ndarray, k: int) -> np.ndarray:
-    """The k smallest keys of each row, sorted (rows shorter than k are padded)."""
-    if keys.shape[1] < k:
-        keys = np.concatenate([keys, np.full((keys.shape[0], k - keys.shape[1]), _PAD)], axis=1)
-    elif keys.shape[1] > k:
-        keys = np.partition(keys, k - 1, axis=1)[:, :k]
-    return np.sort(keys, axis=1)
-
-
-class TopK:
-    """Exact top-k over a corpus that arrives in chunks of columns.
-
-    ``update(scores [n_queries, chunk], offset)`` scores corpus rows
-    ``offset .. offset + chunk - 1``; chunks may come in any order. Equals a
-    one-shot exact search over all the scores (``metrics.top_k`` for cosine
-    scores). Holds O(n_queries * k) keys plus one chunk while merging.
-    """
-
-    def __init__(self, n_queries: int, k: int, exclude: np.ndarray | None = None):
-        if n_queries < 0 or k < 1:
-            raise ValueError(f"need n_queries >= 0 and k >= 1, got {n_queries} and {k}")
-        if exclude is not None:
-            exclude = np.asarray(exclude, dtype=np.int64).ravel()
-            if exclude.shape != (n_queries,):
-                raise ValueError(f"exclude needs one index per query ({n_queries}), got {exclude.shape}")
-        self.k, self.exclude = k, exclude
-        self._keys = np.full((n_queries, k), _PAD, dtype=np.uint64)
-
-    def update(self, scores: np.ndarray, offset: int) -> None:
-        scores = np.array(scores, dtype=np.float32)  # a copy: exclusion writes into it
-        if scores.ndim != 2 or scores.shape[0] != self._keys.shape[0]:
-            raise ValueError(f"scores must be [{self._keys.shape[0]}, chunk], got {scores.shape}")
-        if offset < 0 or offset + scores.shape[1] - 1 > MAX_INDEX:
-            raise ValueError(f"corpus indices {offset}..{offset + scores.shape[1] - 1} out of 0..{MAX_INDEX}")
-        if self.exclude is not None:
-            rows = np.flatnonzero((self.exclude >= offset) & (self.exclude < offset + scores.shape[1]))
-            scores[rows, self.exclude[rows] - offset] = -np.inf
-        columns = np.arange(offset, offset + scores.shape[1], dtype=np.uint64)
-        self._keys = _smallest(np.concatenate([self._keys, _encode(scores, columns[None, :])], axis=1), self.k)
-
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        """(indices int64 [n_queries, k], scores float32 [n_queries, k]), best first."""
-        return _decode(self._keys)
-
+from pipelines.evaluation.metrics import _PAD, _decode, _encode, _smallest
 
 def rescore(candidates: np.ndarray, query_vecs: np.ndarray,
             lookup: Callable[[np.ndarray], np.ndarray], k: int, block: int = 256) -> np.ndarray:

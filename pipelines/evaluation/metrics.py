@@ -105,6 +105,83 @@ def human_correlation(a: np.ndarray, b: np.ndarray, scores: np.ndarray) -> dict[
     return correlations(paired_cosine(a, b), scores)
 
 
+# Exact top-k with deterministic ties: a (score, index) pair is packed into one
+# uint64 key whose ascending order is "higher score first, then lower index"
+# (the float32 bits made order-preserving in the high word, the index in the
+# low word), so one ``np.partition`` per block picks the top-k, ties resolved.
+# Corpus indices must therefore be below 2**32 - 1.
+MAX_INDEX = (1 << 32) - 2
+_PAD = np.uint64((1 << 64) - 1)  # sorts after every real candidate; decodes to index -1
+_SIGN = np.uint32(0x80000000)
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+
+def _encode(scores: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """uint64 keys, ascending = descending score then ascending index."""
+    scores = np.asarray(scores, dtype=np.float32) + np.float32(0)  # -0.0 -> 0.0: they tie, as in top_k
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN")
+    bits = scores.view(np.uint32)
+    ordered = np.where(bits & _SIGN, ~bits, bits | _SIGN)  # ascending with the float value
+    return ((~ordered).astype(np.uint64) << np.uint64(32)) | np.asarray(indices).astype(np.uint64)
+
+
+def _decode(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(indices int64, scores float32) of sorted keys; padding and -inf scores become -1 / -inf."""
+    ordered = ~(keys >> np.uint64(32)).astype(np.uint32)
+    bits = np.where(ordered & _SIGN, ordered & ~_SIGN, ~ordered)
+    scores = bits.view(np.float32).copy()
+    indices = (keys & _LOW32).astype(np.int64)
+    empty = (keys == _PAD) | ~np.isfinite(scores)
+    indices[empty], scores[empty] = -1, -np.inf
+    return indices, scores
+
+
+def _smallest(keys: np.ndarray, k: int) -> np.ndarray:
+    """The k smallest keys of each row, sorted (rows shorter than k are padded)."""
+    if keys.shape[1] < k:
+        keys = np.concatenate([keys, np.full((keys.shape[0], k - keys.shape[1]), _PAD)], axis=1)
+    elif keys.shape[1] > k:
+        keys = np.partition(keys, k - 1, axis=1)[:, :k]
+    return np.sort(keys, axis=1)
+
+
+class TopK:
+    """Exact top-k over a corpus that arrives in chunks of columns.
+
+    ``update(scores [n_queries, chunk], offset)`` scores corpus rows
+    ``offset .. offset + chunk - 1``; chunks may come in any order. Equals a
+    one-shot exact search over all the scores (``metrics.top_k`` for cosine
+    scores). Holds O(n_queries * k) keys plus one chunk while merging.
+    """
+
+    def __init__(self, n_queries: int, k: int, exclude: np.ndarray | None = None):
+        if n_queries < 0 or k < 1:
+            raise ValueError(f"need n_queries >= 0 and k >= 1, got {n_queries} and {k}")
+        if exclude is not None:
+            exclude = np.asarray(exclude, dtype=np.int64).ravel()
+            if exclude.shape != (n_queries,):
+                raise ValueError(f"exclude needs one index per query ({n_queries}), got {exclude.shape}")
+        self.k, self.exclude = k, exclude
+        self._keys = np.full((n_queries, k), _PAD, dtype=np.uint64)
+
+    def update(self, scores: np.ndarray, offset: int) -> None:
+        scores = np.array(scores, dtype=np.float32)  # a copy: exclusion writes into it
+        if scores.ndim != 2 or scores.shape[0] != self._keys.shape[0]:
+            raise ValueError(f"scores must be [{self._keys.shape[0]}, chunk], got {scores.shape}")
+        if offset < 0 or offset + scores.shape[1] - 1 > MAX_INDEX:
+            raise ValueError(f"corpus indices {offset}..{offset + scores.shape[1] - 1} out of 0..{MAX_INDEX}")
+        if self.exclude is not None:
+            rows = np.flatnonzero((self.exclude >= offset) & (self.exclude < offset + scores.shape[1]))
+            scores[rows, self.exclude[rows] - offset] = -np.inf
+        columns = np.arange(offset, offset + scores.shape[1], dtype=np.uint64)
+        self._keys = _smallest(np.concatenate([self._keys, _encode(scores, columns[None, :])], axis=1), self.k)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(indices int64 [n_queries, k], scores float32 [n_queries, k]), best first."""
+        return _decode(self._keys)
+
+
 def top_k(queries: np.ndarray, corpus: np.ndarray, k: int = 10, *,
           exclude: np.ndarray | None = None,
           query_groups: np.ndarray | None = None, corpus_groups: np.ndarray | None = None,
@@ -142,37 +219,18 @@ def top_k(queries: np.ndarray, corpus: np.ndarray, k: int = 10, *,
         if query_groups.shape != (n_q,) or corpus_groups.shape != (n_c,):
             raise ValueError("query_groups/corpus_groups need one entry per query/corpus row")
 
-    kk = min(k, n_c)
     indices = np.full((n_q, k), -1, dtype=np.int64)
     scores = np.full((n_q, k), -np.inf, dtype=np.float32)
-    # Per score: float32 similarity, its negated copy and an int64 partition index.
-    block = max(1, int(block_bytes // (16 * max(n_c, 1))))
+    # Per score: float32 similarity, its uint64 key and the partition's copy.
+    block = max(1, int(block_bytes // (24 * max(n_c, 1))))
     for start in range(0, n_q, block):
         stop = min(start + block, n_q)
         sims = q[start:stop] @ c.T  # float32 (b, n_c)
-        if exclude is not None:
-            rows = np.arange(stop - start)
-            ex = exclude[start:stop]
-            sims[rows[ex >= 0], ex[ex >= 0]] = -np.inf
         if query_groups is not None:
             sims[query_groups[start:stop, None] != corpus_groups[None, :]] = -np.inf
-        if kk < n_c:
-            cand = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-            # argpartition picks arbitrarily among ties at the boundary; widen to
-            # every index tied with the k-th score so the tie-break is by index.
-            kth = np.take_along_axis(sims, cand, axis=1).min(axis=1, keepdims=True)
-            for r in range(stop - start):
-                row = sims[r]
-                cols = np.flatnonzero(row >= kth[r])
-                order = np.lexsort((cols, -row[cols]))[:kk]
-                indices[start + r, :kk] = cols[order]
-                scores[start + r, :kk] = row[cols[order]]
-        else:
-            order = np.lexsort((np.broadcast_to(np.arange(n_c), sims.shape), -sims), axis=1)
-            indices[start:stop, :kk] = order
-            scores[start:stop, :kk] = np.take_along_axis(sims, order, axis=1)
-    # Masked candidates (-inf) are not results.
-    indices[~np.isfinite(scores)] = -1
+        top = TopK(stop - start, k, None if exclude is None else exclude[start:stop])
+        top.update(sims, 0)
+        indices[start:stop], scores[start:stop] = top.result()
     return indices, scores
 
 
