@@ -122,7 +122,6 @@ def test_every_bad_input_kind_is_dead_lettered_and_counts_reconcile(tmp_path, hu
     c = manifest["counts"]
     assert c["read"] == len(good) + len(bad)
     assert (c["embedded"], c["duplicate"], c["dead_letter"]) == (2, 1, len(bad))
-    assert c["read"] == c["embedded"] + c["duplicate"] + c["dead_letter"]
     reasons = sorted(d["reason"] for d in dead_letters(out))
     assert reasons == sorted(bad.values())
     assert all(d["source"] for d in dead_letters(out))
