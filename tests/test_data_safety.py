@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipelines import embed, fit_pca, reduce, run, sample_corpus
-from pipelines.common import outputs
+from pipelines.common import dataset, outputs
 from pipelines.common.errors import ArtifactError, DataError, InputError
 from tests.fixtures import correlated_vectors, read_records, write_embedding_dataset, write_linear_reducer
 from tests.hub_models import save_text_encoder
@@ -63,7 +63,7 @@ def test_overwrite_leaves_no_stale_dead_letters(tmp_path, hub, corpus):
 
 def test_a_second_run_into_a_claimed_output_or_workdir_fails_fast(tmp_path, hub, corpus):
     out = tmp_path / "out"
-    holder = outputs.OutputDir(str(out), "embeddings", "other", embed.OWNED).claim()
+    holder = outputs.OutputDir(str(out), "embeddings", "other", dataset.OWNED).claim()
     with pytest.raises(ArtifactError, match="in use by another run"):
         embed.main(["--input", str(corpus), "--output", str(out), "--encoder", f"tfhub:{hub}"])
     holder.release()

@@ -26,8 +26,9 @@ from tests.hub_models import save_text_encoder
 
 def kill_when(marker: str, args: list[str], delay: float = 0.0, timeout: float = 240) -> None:
     """Start ``python -m args``, SIGKILL its process group ``delay`` s after ``marker`` appears in its log."""
+    env = {**os.environ, "SHRINK_LOG_LEVEL": "DEBUG"}  # Beam's own progress lines are the markers
     proc = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, env=env)
     deadline = time.monotonic() + timeout
     try:
         for line in proc.stderr:

@@ -72,10 +72,10 @@ def test_run_and_evaluate_with_a_ram_workdir(tmp_path, shared_data, in_tmp_cwd):
     argv = ["--input", str(corpus), "--workdir", work, "--encoder", f"tfhub:{hub}", "--epochs", "2",
             "--queries", "30", "--sts_dir", sts, "--train_arg=--batch_size=32"]
     first = run.main(argv)
-    assert first["steps_run"] == ["embed", "fit-pca", "train", "evaluate", "reduce"]
+    assert first["steps_run"] == ["embed", "fit-pca", "train", "fit-raw-int8", "evaluate", "reduce"]
 
     for name in ("run_manifest.json", "report/report.json", "report/report.md", "report/sts_scatter.png",
-                 "report/metrics.png", "pca/manifest.json", "autoencoder/manifest.json", "autoencoder/model.keras",
+                 "report/frontier.png", "pca/manifest.json", "autoencoder/manifest.json", "autoencoder/model.keras",
                  "autoencoder/head/saved_model.pb", "autoencoder/train/history.csv", "reduced/manifest.json"):
         assert gfile.exists(f"{work}/{name}"), name
     report = json.loads(gfile.GFile(f"{work}/report/report.json").read())
@@ -100,7 +100,7 @@ def test_run_and_evaluate_with_a_ram_workdir(tmp_path, shared_data, in_tmp_cwd):
     _copy_tree_to_ram(shared_data / "stsbenchmark", f"{work}/sts")
     alone = evaluate.main(["--embeddings", f"{work}/embeddings", "--reducer", f"{work}/pca", "--output", out,
                           "--queries", "20", "--sts_dir", f"{work}/sts"])
-    assert alone["figures"] == ["sts_scatter.png", "metrics.png"]
+    assert alone["figures"] == ["sts_scatter.png", "frontier.png"]
     for name in ("report.json", "report.md", *alone["figures"]):
         assert gfile.stat(f"{out}/{name}").length > 0, name
     assert json.loads(gfile.GFile(f"{out}/report.json").read())["sts"]["pairs"] == 1379

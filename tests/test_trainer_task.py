@@ -1,7 +1,9 @@
 """The training entry point on tiny embedding shards: input, train, resume, export."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -15,7 +17,7 @@ import tensorflow as tf
 
 from pipelines.common.dataset import open_all
 from pipelines.common.errors import ArtifactError, InputError
-from pipelines.common import manifests, records
+from pipelines.common import manifests
 from pipelines.common.reducers import load_reducer
 from tests.fixtures import correlated_vectors, write_embedding_dataset, read_records
 from trainer import data, export, task
@@ -54,6 +56,7 @@ def test_split_is_disjoint_complete_and_reproducible(dataset):
     np.testing.assert_array_equal(val, _all(data.make_dataset(source, 50, validation=True, val_permille=200)))
     again = _all(data.make_dataset(source, 50, val_permille=200, seed=1))
     assert key(again) == key(train)  # same records in the training split, shuffled
+    assert data.verify(source, 200).validation == len(val)  # what the trainer logs before training
 
 
 def test_a_directory_without_manifest_is_not_a_dataset(tmp_path):
@@ -61,7 +64,8 @@ def test_a_directory_without_manifest_is_not_a_dataset(tmp_path):
         open_all([str(tmp_path)])
 
 
-def test_two_epochs_reduce_validation_loss_and_export_the_artifact(dataset, tmp_path):
+def test_two_epochs_reduce_validation_loss_and_export_the_artifact(dataset, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="trainer.task")
     out = tmp_path / "ae"
     seen = {}
 
@@ -77,6 +81,12 @@ def test_two_epochs_reduce_validation_loss_and_export_the_artifact(dataset, tmp_
     manifest = task.train(args, extra_callbacks=[Record()])
 
     assert sorted(seen) == [0, 1] and seen[1] < initial and seen[1] < seen[0]
+    lines = [r.getMessage() for r in caplog.records if r.name == "trainer.task"]
+    n_val = len(_all(val))
+    assert f"training 2 epochs on {600 - n_val} rows ({-(-(600 - n_val) // 32)} batches of 32 per epoch), " \
+           f"validating on {n_val} rows ({-(-n_val // 32)} batches)" in lines
+    assert [line.split(":")[0] for line in lines if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
+    assert f"val_loss {seen[1]:.4f}" in [line for line in lines if line.startswith("epoch 2/2")][0]
     on_disk = manifests.read(str(out), "autoencoder")
     assert on_disk["input_dim"] == DIM and on_disk["output_dim"] == 8 and on_disk["epochs_run"] == 2
     assert on_disk["final_losses"]["val_loss"] == pytest.approx(seen[1])
@@ -149,7 +159,9 @@ def test_an_unfinished_run_with_other_flags_starts_from_scratch(dataset, tmp_pat
 
 @pytest.mark.parametrize("flags, message", [(["--val_permille", "1000"], "no training data"),
                                             (["--epochs", "0"], "at least 1"),
-                                            (["--batch_size", "0"], "positive")])
+                                            (["--batch_size", "0"], "positive"),
+                                            (["--min_improvement", "1"], "fraction"),
+                                            (["--train_examples", "-1"], "no budget")])
 def test_settings_that_cannot_train_fail_before_any_work(dataset, tmp_path, flags, message):
     with pytest.raises(InputError, match=message):
         task.train(_args(dataset, tmp_path / "ae", *flags))
@@ -239,3 +251,103 @@ def test_distribution_strategies_train_and_export(dataset, tmp_path, strategy, m
     assert manifest["epochs_run"] == 1 and manifest["output_dim"] == 8
     codes = load_reducer(str(out))(correlated_vectors(5, DIM, seed=9, rank=4))
     np.testing.assert_allclose(np.linalg.norm(codes, axis=1), 1.0, rtol=1e-5)
+
+
+class _Model:
+    """What the stopping rule touches on a model: weights (here: the epoch they were saved at) and the stop flag."""
+
+    def __init__(self):
+        self.weights, self.stop_training = [np.array(-1)], False
+
+    def get_weights(self):
+        return [w.copy() for w in self.weights]
+
+    def set_weights(self, weights):
+        self.weights = weights
+
+
+def _replay(curve, patience=5, min_improvement=0.002) -> tuple[int, int, _Model]:
+    """Feed a validation-loss curve to PlateauStopping as fit would: (epochs run, epoch whose weights are kept)."""
+    rule, model = task.PlateauStopping("val_loss", patience, min_improvement), _Model()
+    rule.set_model(model)
+    for epoch, loss in enumerate(curve):
+        model.weights = [np.array(epoch)]
+        rule.on_epoch_end(epoch, {"loss": 9.0, "val_loss": float(loss)})
+        if model.stop_training:
+            break
+    rule.on_train_end()
+    return epoch + 1, int(model.weights[0]), model
+
+
+def test_plateau_rule_stops_on_a_curve_that_flattens_and_keeps_the_lowest_epoch():
+    epochs = np.arange(100)
+    curve = 0.2 + 0.5 * np.exp(-epochs / 4)  # falls fast, then by less than 0.2% an epoch from epoch ~20 on
+    run, kept, _ = _replay(curve)
+    assert 20 < run < 40 and kept == run - 1  # still creeping down: the last epoch is the lowest
+    assert _replay(curve, min_improvement=0.0)[0] == 100  # Keras's absolute rule (min_delta 0) never stops
+    bumpy = curve.copy()
+    bumpy[run + 5:] += 0.01  # worse from then on: stops, keeps the best epoch
+    assert _replay(bumpy, min_improvement=0.0)[:2] == (run + 10, run + 4)
+
+
+def test_plateau_rule_does_not_stop_while_the_loss_keeps_falling():
+    steady = 0.5 * 0.99 ** np.arange(100)  # 1% an epoch, above the 0.2% threshold
+    noisy = steady * (1 + 0.003 * np.sin(np.arange(100)))  # and with a wobble of +-0.3%
+    assert _replay(steady)[:2] == (100, 99)
+    assert _replay(noisy)[0] == 100
+
+
+def test_plateau_rule_measures_improvement_relative_to_the_loss():
+    """A curve and the same curve x1000 stop at the same epoch (an absolute min_delta could not do both)."""
+    curve = 0.2 + 0.5 * np.exp(-np.arange(100) / 4)
+    assert _replay(curve)[:2] == _replay(curve * 1000)[:2]
+
+
+def test_epoch_line_says_losses_time_and_eta():
+    line = task.epoch_line(2, 100, {"loss": 0.12341, "val_loss": 0.13012}, 9.8, 97 * 9.3, True)
+    assert line == ("epoch 3/100: loss 0.1234, val_loss 0.1301, 9.8 s, ETA 15 min for the remaining 97 epochs "
+                    "(early stopping may end sooner)")
+    assert task.epoch_line(98, 100, {"loss": 0.5}, 2.04, 40, False) == \
+        "epoch 99/100: loss 0.5000, 2.0 s, ETA 40 s for the remaining 1 epoch"
+    assert task.epoch_line(99, 100, {"loss": 0.5, "val_loss": 0.6}, 2.0, 0, True) == \
+        "epoch 100/100: loss 0.5000, val_loss 0.6000, 2.0 s"
+    assert "ETA 2.5 h" in task.epoch_line(0, 1000, {"loss": 1.0}, 9.0, 9000, False)
+
+
+def test_eta_is_the_mean_epoch_time_after_the_first_times_the_epochs_left():
+    assert task.eta_seconds([30.0], 4) == 120.0  # only the first epoch so far: all there is
+    assert task.eta_seconds([30.0, 10.0, 12.0], 5) == 55.0  # the first (graph tracing) left out
+
+
+def test_epoch_log_writes_the_first_and_last_epoch_and_a_line_at_most_every_10_s(caplog):
+    caplog.set_level(logging.INFO, logger="trainer.task")
+    ticks = iter([0.0, 20.0, 20.0, 30.0, 30.0, 34.0, 34.0, 38.0])  # begin/end of epochs taking 20, 10, 4, 4 s
+    callback = task.EpochLog(epochs=4, may_stop=False, clock=lambda: next(ticks))
+    for epoch in range(4):
+        callback.on_epoch_begin(epoch)
+        callback.on_epoch_end(epoch, {"loss": 1.0 / (epoch + 1)})
+    assert [r.getMessage() for r in caplog.records] == [
+        "epoch 1/4: loss 1.0000, 20.0 s, ETA 60 s for the remaining 3 epochs",
+        "epoch 2/4: loss 0.5000, 10.0 s, ETA 20 s for the remaining 2 epochs",
+        "epoch 4/4: loss 0.2500, 4.0 s"]  # epoch 3 ended 4 s after the last line
+
+
+def test_the_default_run_decays_over_a_budget_stops_on_a_plateau_and_logs_epochs(tmp_path):
+    config = task.parse_config(["--input", "x", "--output", str(tmp_path)])
+    assert config == task.TrainConfig(input="x", output=str(tmp_path))  # flags and dataclass agree
+    assert (config.learning_rate, config.lr_schedule, config.train_examples, config.epochs) == \
+        (1e-2, "cosine", 2_000_000, 100)
+    assert (config.early_stopping, config.patience, config.min_improvement, config.verbose) == (True, 5, 0.002, 0)
+    assert task.planned_epochs(config, 95_067) == 21  # the benchmark's 100k financial rows, 5% held out
+    assert task.planned_epochs(config, 202_000) == 10  # a larger corpus: fewer epochs, as many steps
+    assert task.planned_epochs(config, 600) == 100  # a small one: --epochs is the upper bound
+    assert task.planned_epochs(config, 5_000_000) == 1
+    assert task.planned_epochs(dataclasses.replace(config, train_examples=0), 95_067) == 100
+    callbacks = task.make_callbacks(config, str(tmp_path), has_val=True, epochs=21)
+    [rule] = [c for c in callbacks if isinstance(c, task.PlateauStopping)]
+    assert (rule.monitor, rule.patience, rule.min_improvement) == ("val_loss", 5, 0.002)
+    assert not [c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)]
+    assert [c.epochs for c in callbacks if isinstance(c, task.EpochLog)] == [21]
+    [schedule] = [c for c in callbacks if isinstance(c, keras.callbacks.LearningRateScheduler)]
+    rates = [schedule.schedule(e) for e in range(21)]
+    assert rates[0] == 1e-2 and rates == sorted(rates, reverse=True) and rates[-1] < 1e-4  # decays over the plan

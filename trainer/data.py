@@ -24,18 +24,21 @@ _PARSE_BATCH = 1024
 
 @dataclass(frozen=True)
 class Verified:
-    """What ``verify`` found: records read, and the ids of non-finite vectors (left out of training)."""
+    """What ``verify`` found: records read, the ids of non-finite vectors (left out of training), and how many
+    finite records fall in the validation split (so the trainer can say how big an epoch is)."""
     records: int
     non_finite_ids: tuple[str, ...]
+    validation: int = 0
 
 
 def _spec(dim: int) -> dict:
     return records.feature_spec(dim, with_text=False)
 
 
-def verify(datasets: list[EmbeddingDataset]) -> Verified:
-    """Read every listed shard once: counts must match the manifests; collect non-finite vectors' ids."""
-    total, bad = 0, []
+def verify(datasets: list[EmbeddingDataset], val_permille: int = 0) -> Verified:
+    """Read every listed shard once: counts must match the manifests; collect non-finite vectors' ids;
+    count the finite validation records (``val_permille`` as in ``make_dataset``)."""
+    total, bad, validation = 0, [], 0
     for dataset in datasets:
         read = 0
         for shard in dataset.shards:
@@ -44,13 +47,15 @@ def verify(datasets: list[EmbeddingDataset]) -> Verified:
                     parsed = tf.io.parse_example(batch, _spec(dataset.dim))
                     finite = tf.reduce_all(tf.math.is_finite(parsed[records.EMBEDDING]), axis=1)
                     bad += [b.decode("utf-8") for b in tf.boolean_mask(parsed[records.ID], ~finite).numpy()]
+                    held_out = in_split(parsed[records.ID], True, val_permille)
+                    validation += int(tf.reduce_sum(tf.cast(held_out & finite, tf.int32)))
                     read += int(tf.shape(batch)[0])
             except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
                 raise DataError(f"{shard}: damaged or unexpected records ({e.message.splitlines()[0][:200]})") \
                     from None
         dataset.check_count(read, "train")
         total += read
-    return Verified(total, tuple(bad))
+    return Verified(total, tuple(bad), validation)
 
 
 def in_split(ids: tf.Tensor, validation: bool, val_permille: int) -> tf.Tensor:

@@ -137,8 +137,13 @@ def _codes(codes: np.ndarray, code_size: int) -> np.ndarray:
     return np.ascontiguousarray(codes)
 
 
+def _rng(seed: int, purpose: int) -> np.random.Generator:
+    """A stream of its own per purpose: never the ``default_rng(seed)`` stream that may have made the data."""
+    return np.random.default_rng([seed, purpose])
+
+
 def _random_rotation(d: int, seed: int) -> np.ndarray:
-    q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))
+    q, r = np.linalg.qr(_rng(seed, 1).standard_normal((d, d)))
     return (q * np.sign(np.diag(r))).astype(np.float32)
 
 
@@ -154,7 +159,7 @@ def _pq_index(d: int, m: int, nbits: int, metric: str, n: int, seed: int, niter:
 def _opq_rotation(x: np.ndarray, m: int, nbits: int, seed: int, niter: int, rows: int) -> faiss.OPQMatrix:
     """An OPQ rotation trained on ``rows`` seeded random rows of ``x``; its random start and inner PQ follow ``seed``."""
     if rows and rows < len(x):
-        x = x[np.sort(np.random.default_rng(seed).choice(len(x), rows, replace=False))]
+        x = x[np.sort(_rng(seed, 2).choice(len(x), rows, replace=False))]
     d = x.shape[1]
     opq = faiss.OPQMatrix(d, m)
     opq.niter, opq.max_train_points = niter, len(x)

@@ -95,7 +95,8 @@ def plot_frontier(rows: Sequence[Mapping], chosen_name: str, path_or_fileobj: st
     ax.annotate(f"{best['name']}\n{best['bytes_per_vector']:g} B, recall@10 {best['recall@10']:.3f}",
                 (best["bytes_per_vector"], best["recall@10"]), textcoords="offset points", xytext=(10, -28))
     ax.set_xscale("log", base=2)
-    ticks = sorted({r["bytes_per_vector"] for r in rows})
+    sizes = [r["bytes_per_vector"] for r in rows]
+    ticks = [2 ** i for i in range(math.floor(math.log2(min(sizes))), math.ceil(math.log2(max(sizes))) + 1)]
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("bytes per vector (log scale)")
