@@ -1,4 +1,4 @@
-"""Autoencoder quality and input-throughput benchmark (issue 4).
+"""Autoencoder quality and input-throughput benchmark: the autoencoder recipes against PCA.
 
 Quality: reducers fitted on one text set, scored on the STS-benchmark test
 pairs: fidelity (Pearson/Spearman between raw-512 and reduced cosines of each
@@ -19,15 +19,14 @@ through trainer.data vs from an in-memory array.
     python benchmarks/bench_autoencoder.py --settings financial --epochs 10 --max-train 100000 \
         --stability-epochs 20 --stability-configs "cosine + sim 10, lr 1e-3"
 
-Tables are printed and, with --write, appended to benchmarks/RESULTS.md.
+Tables are printed; ``--write`` also replaces this script's section of
+benchmarks/RESULTS.md (the whole section, with this run's tables).
 """
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -43,6 +42,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import embedding_cache  # noqa: E402
+import results  # noqa: E402
 from pipelines.common.dataset import open_all  # noqa: E402
 from pipelines.evaluation import metrics  # noqa: E402
 import pca_reference as pca_math  # noqa: E402
@@ -50,6 +50,7 @@ from tests.fixtures import write_embedding_dataset  # noqa: E402
 from trainer import data  # noqa: E402
 from trainer.model import build_autoencoder  # noqa: E402
 
+TITLE = "Autoencoder recipes"
 SEED = {"sizes": [256, 128], "activation": "selu", "normalize": True, "tied": True, "loss": "mse",
         "similarity_weight": 0.0, "lr": 1e-4}
 # name -> changes to the seed (reference) recipe
@@ -260,7 +261,7 @@ def main(argv=None) -> int:
                    help="also train --stability-configs for this many epochs (is the result stable?)")
     p.add_argument("--stability-configs", nargs="*", choices=sorted(CONFIGS), default=[])
     p.add_argument("--throughput", action="store_true", help="also measure shard vs in-memory input")
-    p.add_argument("--write", action="store_true", help="append the tables to benchmarks/RESULTS.md")
+    p.add_argument("--write", action="store_true", help=f"replace the section '{TITLE}' in RESULTS.md")
     args = p.parse_args(argv)
 
     test = embedding_cache.sts_test(args.data_dir)
@@ -277,17 +278,14 @@ def main(argv=None) -> int:
                                (args.stability_epochs, args.stability_configs)) + [""]
         if args.throughput and setting == args.settings[0]:
             lines += throughput(x, args.batch_size) + [""]
-    header = [f"## Autoencoder (issue 4) - {dt.date.today().isoformat()}", "",
-              f"Machine: {platform.machine()}, {embedding_cache.available_cores()} cores (shared), "
-              f"{platform.processor() or platform.platform()}; TF {tf.__version__}, Keras {keras.__version__}. "
+    header = [f"{results.machine_line()}; TF {tf.__version__}, Keras {keras.__version__}. "
               f"Settings: epochs {args.epochs}, batch {args.batch_size}, max-train {args.max_train or 'all'}; "
               f"AE rows change the seed recipe {SEED} as named. Run time {time.perf_counter() - start:.0f} s.",
               ""]
     text = "\n".join(header + lines)
     print(text)
     if args.write:
-        with open(REPO / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write("\n" + text + "\n")
+        results.write_section(TITLE, text)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Drift check on a real domain shift (issue 6).
+"""Drift check on a real domain shift.
 
 Reducers are fitted on the financial-news corpus (the rows outside the
 retrieval slice, as in bench_autoencoder.py). The drift check of
@@ -8,13 +8,14 @@ more financial news (same domain, held out) and general-domain STS-benchmark
 sentences (a real shift). Autoencoder models come from bench_autoencoder's
 cache when the same configuration was trained there.
 
-    python benchmarks/bench_drift.py --epochs 10 --max-train 100000 --write
+    python benchmarks/bench_drift.py --epochs 10 --max-train 100000 [--write]
+
+The table is printed; ``--write`` also replaces this script's section of
+benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import platform
 import sys
 from pathlib import Path
 
@@ -26,8 +27,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import bench_autoencoder as bae  # noqa: E402
 import embedding_cache  # noqa: E402
+import results  # noqa: E402
 from pipelines.evaluation import drift  # noqa: E402
 
+TITLE = "Drift check on a real domain shift"
 SAMPLE = 5000
 
 
@@ -37,7 +40,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-train", type=int, default=100_000)
     p.add_argument("--ae-config", default="cosine + sim 10, lr 1e-3, untied", choices=sorted(bae.CONFIGS))
     p.add_argument("--threshold", type=float, default=0.02)
-    p.add_argument("--write", action="store_true")
+    p.add_argument("--write", action="store_true", help=f"replace the section '{TITLE}' in RESULTS.md")
     args = p.parse_args(argv)
 
     _, fin = embedding_cache.financial()
@@ -61,8 +64,7 @@ def main(argv=None) -> int:
             rows.append(f"| {name} | {batch_name} | {r['fidelity_reference']:.4f} | {r['fidelity_new']:.4f} "
                         f"| {r['drop']:+.4f} | {'**drift**' if r['drift'] else 'no'} |")
     table = "\n".join([
-        f"\n## Drift check on a real domain shift (issue 6) - {dt.date.today()}\n",
-        f"Machine: {platform.machine()}, 2 cores, {platform.platform()}. Reducers fitted on {len(train):,} "
+        f"{results.machine_line()}. Reducers fitted on {len(train):,} "
         f"financial-news sentences (outside the retrieval slice; AE: {args.epochs} epochs). Reference = "
         f"{SAMPLE:,} held-out financial sentences; each new batch {SAMPLE:,} sentences. Measure: pair fidelity "
         f"(Pearson between raw and reduced cosines of 20,000 random pairs), threshold {args.threshold}.\n",
@@ -70,8 +72,7 @@ def main(argv=None) -> int:
         "|---|---|---|---|---|---|", *rows, ""])
     print(table)
     if args.write:
-        with open(REPO / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write(table)
+        results.write_section(TITLE, table)
     return 0
 
 

