@@ -19,10 +19,10 @@ demo: $(STAMP)
 	$(VENV)/bin/shrink demo --workdir demo_output
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -n auto -m slow
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache build *.egg-info

@@ -149,6 +149,7 @@ def test_tfhub_encoder_matches_direct_hub_load(tmp_path, hub512):
         np.testing.assert_allclose(rows[s], v, rtol=1e-6)
 
 
+@pytest.mark.slow  # separate processes (runner/crash): make test-slow
 def test_multi_processing_runner_gives_the_same_output(tmp_path, hub512):
     path = tmp_path / "c.txt"
     path.write_text("\n".join(f"{s} Number {i}." for i in range(50) for s in SENTENCES[:2]) + "\n")

@@ -23,6 +23,8 @@ from pipelines.common.reducers import load_reducer
 from tests.fixtures import correlated_vectors, read_records, write_embedding_dataset
 from tests.hub_models import save_text_encoder
 
+pytestmark = pytest.mark.slow  # SIGKILLed subprocesses: make test-slow
+
 
 def kill_when(marker: str, args: list[str], delay: float = 0.0, timeout: float = 240) -> None:
     """Start ``python -m args``, SIGKILL its process group ``delay`` s after ``marker`` appears in its log."""

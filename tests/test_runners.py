@@ -36,6 +36,7 @@ def _vectors(out) -> dict[str, np.ndarray]:
     return {r["id"]: r["embedding"] for r in read_records(out)}
 
 
+@pytest.mark.slow  # separate processes (runner/crash): make test-slow
 def test_jobs_on_the_portable_runner_match_direct_runner(tmp_path):
     hub = save_text_encoder(str(tmp_path / "hub"), 512)
     corpus = tmp_path / "corpus.txt"
@@ -128,6 +129,7 @@ def test_reduce_translates_for_dataflow(tmp_path, fmt):
     _assert_no_local_paths(blob, reducer)
 
 
+@pytest.mark.slow  # separate processes (runner/crash): make test-slow
 def test_fit_pca_and_reduce_in_multi_processing_mode_match_in_memory(tmp_path):
     data = tmp_path / "emb"
     write_embedding_dataset(data, correlated_vectors(600, 512, seed=3), num_shards=3)

@@ -201,6 +201,7 @@ def test_bad_flags_are_usage_errors():
         task.build_parser().parse_args(["--input", "x", "--normalize", "maybe"])
 
 
+@pytest.mark.slow  # separate processes (runner/crash): make test-slow
 def test_sigkilled_process_resumes_through_the_entry_point(dataset, tmp_path):
     """A hard kill (no exception handling, no clean-up) after epoch 2, then `python -m trainer.task`."""
     out = tmp_path / "ae"
