@@ -48,7 +48,7 @@ def report(steps: dict, total: dict, n: int, command: str) -> str:
     lines = [results.machine_line(), "", f"{n:,} financial-corpus sentences, `shrink run` defaults"
              f"{'' if '--budget_bytes' not in command else ' with a byte budget'}. Command: `{command}`", "",
              "| step | seconds | detail |", "|---|---|---|"]
-    for name, s in steps.items():
+    for name, s in sorted(steps.items(), key=lambda kv: kv[1].get("finished_utc", "")):
         detail = ", ".join(f"{k.replace('_', ' ')} {s[k]:,}" for k in ("records", "rows_analyzed", "epochs_run")
                            if k in s)
         lines.append(f"| {name} | {s['seconds']:.0f} | {detail} |")

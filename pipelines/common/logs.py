@@ -62,7 +62,8 @@ def setup(verbose: bool = False) -> None:
         handler.addFilter(_DropBenign())
     for name in ("tensorflow", "absl", "tensorflow_transform", "tfx_bsl"):
         logging.getLogger(name).setLevel(logging.ERROR)  # deprecation notices and graph-mode chatter
-    if not has_nvidia_device() and "tensorflow" not in sys.modules:
+    quiet = any(isinstance(finder, _QuietTensorFlowImport) for finder in sys.meta_path)
+    if not has_nvidia_device() and "tensorflow" not in sys.modules and not quiet:
         sys.meta_path.insert(0, _QuietTensorFlowImport())
 
 
