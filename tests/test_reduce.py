@@ -13,6 +13,7 @@ from benchmarks import pca_reference as pca_math
 from pipelines import reduce as reduce_job
 from pipelines.common import reducers
 from pipelines.common.errors import ArtifactError
+from transforms.shards import read_records as shard_records
 from tests.fixtures import correlated_vectors, write_embedding_dataset, write_linear_reducer, read_records
 
 ROWS, DIM, K = 200, 64, 8
@@ -84,6 +85,29 @@ def test_parquet_float32_with_text(setup):
     table = pq.read_table([str(p) for p in sorted((root / "pq32").glob("data-*.parquet"))])
     assert table.schema.names == ["id", "text", "embedding"] and table.num_rows == ROWS
     assert str(table.schema.field("embedding").type) == f"fixed_size_list<item: float>[{K}]"
+
+
+def test_shards_are_streamed_from_batch_parts_in_input_order(setup, monkeypatch):
+    """Each batch goes through its own part file (none left), shards keep input order, row groups are bounded."""
+    from transforms import reduction
+    root, _, _ = setup
+    monkeypatch.setattr(reduction, "ROW_GROUP_ROWS", 100)
+    _reduce(root, "streamed", "--format", "parquet", "--num_shards", "1")
+    assert not [p.name for p in (root / "streamed").rglob("*") if "part" in p.name or p.suffix == ".tmp"]
+    (shard,) = sorted((root / "streamed").glob("data-*.parquet"))
+    meta = pq.ParquetFile(shard).metadata
+    groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    assert sum(groups) == ROWS and len(groups) > 1 and all(100 <= g < 100 + 64 for g in groups[:-1])
+    ids = pq.read_table(shard).column("id").to_pylist()
+    source = [_id_or_none(r) for path in sorted((root / "emb").glob("data-*.tfrecord")) for r in shard_records(path)]
+    assert ids == [i for i in source if i in set(ids)]  # input shard 0's batches, then shard 1's
+
+
+def _id_or_none(serialized: bytes) -> str | None:
+    try:
+        return records.decode_example(serialized)["id"]
+    except Exception:  # the deliberately corrupt record
+        return None
 
 
 def test_rerun_gives_byte_identical_vectors(setup):

@@ -225,26 +225,76 @@ class ReduceBatch(beam.DoFn):
         return pa.Table.from_pydict(columns, schema=self.schema)
 
 
+ROW_GROUP_ROWS = 65_536  # Parquet rows per row group: large enough for fast scans, small enough to stream
+
+
+def _part_path(prefix: str, order: tuple[int, int]) -> str:
+    return f"{prefix}-part-{order[0]:05d}-{order[1]:015d}.tmp"
+
+
+class _WritePart(beam.DoFn):
+    """One batch of output rows -> its own part file (TFRecord frames or an Arrow stream); yields its path.
+
+    Only paths travel to the shard writers, so nothing holds a shard's rows
+    in memory (the local runner keeps a grouping step's input whole).
+    """
+
+    def __init__(self, prefix: str, out_format: str):
+        self.prefix, self.out_format = prefix, out_format
+
+    def process(self, element):
+        order, rows = element
+        path = _part_path(self.prefix, order)
+        with files.create(path) as f:
+            if self.out_format == "parquet":
+                with pa.ipc.new_stream(f, rows.schema) as stream:
+                    stream.write_table(rows)
+            else:
+                for record in rows:
+                    _TFRecordUtil.write_record(f, record)
+        yield order, path
+
+
 class _WriteShard(beam.DoFn):
-    """One output shard: its batches sorted by input position, written whole (atomically renamed)."""
+    """One output shard: its part files in input order, streamed into one file (atomically renamed)."""
 
     def __init__(self, prefix: str, num_shards: int, out_format: str):
         self.prefix, self.num_shards, self.out_format = prefix, num_shards, out_format
 
     def process(self, element):
-        shard, batches = element
-        ordered = [rows for _, rows in sorted(batches, key=lambda b: b[0])]
+        shard, parts = element
+        ordered = [path for _, path in sorted(parts)]
         suffix = "parquet" if self.out_format == "parquet" else "tfrecord"
         path = f"{self.prefix}-{shard:05d}-of-{self.num_shards:05d}.{suffix}"
         with files.create(path + ".tmp") as f:
             if self.out_format == "parquet":
-                pq.write_table(pa.concat_tables(ordered), f, use_compliant_nested_type=False)
+                self._parquet(f, ordered)
             else:
-                for rows in ordered:
-                    for record in rows:
-                        _TFRecordUtil.write_record(f, record)
+                for part in ordered:
+                    f.write(files.read_bytes(part))
         files.rename(path + ".tmp", path)
+        files.delete(ordered)
         yield path
+
+    @staticmethod
+    def _parquet(f, parts: list[str]) -> None:
+        """Row groups of ``ROW_GROUP_ROWS`` rows (the last one shorter), whatever the batch size."""
+        tables = (_read_arrow(part) for part in parts)
+        first = next(tables)
+        with pq.ParquetWriter(f, first.schema, use_compliant_nested_type=False) as writer:
+            pending, rows = [first], first.num_rows
+            for table in tables:
+                if rows >= ROW_GROUP_ROWS:
+                    writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
+                    pending, rows = [], 0
+                pending.append(table)
+                rows += table.num_rows
+            writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
+
+
+def _read_arrow(path: str) -> pa.Table:
+    with files.open_read(path) as f:
+        return pa.ipc.open_stream(f).read_all()
 
 
 class WriteInOrder(beam.PTransform):
@@ -253,7 +303,8 @@ class WriteInOrder(beam.PTransform):
     Beam's file sinks spread rows over shards in whatever order bundles
     arrive; here an input batch at ``(shard, number)`` of ``input_shards``
     always lands in output shard ``(shard + number * input_shards) % num_shards``
-    and shards hold their batches in input order.
+    and shards hold their batches in input order. Each batch is first written
+    to a part file (``prefix-part-*.tmp``), so memory does not grow with the corpus.
     """
 
     def __init__(self, prefix: str, num_shards: int, input_shards: int, out_format: str):
@@ -264,6 +315,7 @@ class WriteInOrder(beam.PTransform):
     def expand(self, rows):
         n, s = self.num_shards, self.input_shards
         return (rows
+                | "WritePart" >> beam.ParDo(_WritePart(self.prefix, self.out_format))
                 | "KeyByShard" >> beam.Map(lambda item: ((item[0][0] + item[0][1] * s) % n, item))
                 | "GroupByShard" >> beam.GroupByKey()
                 | "WriteShard" >> beam.ParDo(_WriteShard(self.prefix, n, self.out_format)))
