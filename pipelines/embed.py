@@ -27,7 +27,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.common import config as cfg
 from pipelines.common import files, manifests, records
 from pipelines.common.beam_runner import (counter_values, create_pipeline, parse_job_args, processes_per_machine,
-                                          progress_share, run_and_wait)
+                                          progress_share, run_and_wait, with_local_workers)
 from pipelines.common import dataset
 from pipelines.common.dataset import EmbeddingDataset, open_all, shard_entries
 from pipelines.common.errors import ArtifactError, InputError
@@ -124,6 +124,7 @@ def run(config: EmbedConfig, options: PipelineOptions) -> dict:
     previous = open_previous(config)
     params = {**config.params(), "previous": [[files.absolute(d.directory), d.fingerprint] for d in previous]}
     out = OutputDir(config.output, "embeddings", manifests.fingerprint(params), dataset.OWNED)
+    options = with_local_workers(options, [path for pattern in config.input for path in files.list_files(pattern)])
     with out.claim(config.overwrite):
         handler = EncoderModelHandler(config.encoder, threads=config.encoder_threads or None,
                                       processes_per_machine=processes_per_machine(options),

@@ -145,3 +145,26 @@ def test_fit_pca_and_reduce_in_multi_processing_mode_match_in_memory(tmp_path):
     a, b = _vectors(tmp_path / "red_mem"), _vectors(tmp_path / "red_mp")
     assert a.keys() == b.keys() and len(a) == 600
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_local_embedding_uses_a_worker_process_per_core_for_large_inputs(tmp_path, monkeypatch):
+    from apache_beam.options.pipeline_options import DirectOptions
+    from pipelines.common import beam_runner
+
+    monkeypatch.setattr(beam_runner, "available_cores", lambda: 2)
+    small, big = tmp_path / "small.txt", tmp_path / "big.txt"
+    small.write_text("a\n")
+    big.write_bytes(b"x\n" * (beam_runner.PARALLEL_MIN_BYTES // 2))
+
+    def mode(options, paths):
+        direct = beam_runner.with_local_workers(options, [str(p) for p in paths]).view_as(DirectOptions)
+        return direct.direct_running_mode, direct.direct_num_workers
+
+    assert mode(PipelineOptions([]), [small]) == ("in_memory", 1)
+    assert mode(PipelineOptions([]), [big]) == ("multi_processing", 2)
+    assert mode(PipelineOptions(["--direct_running_mode", "multi_threading"]), [big]) == ("multi_threading", 1)
+    assert mode(PipelineOptions(["--direct_num_workers", "1"]), [big]) == ("in_memory", 1)
+    assert mode(PipelineOptions(["--runner", "DataflowRunner"]), [big]) == ("in_memory", 1)
+    assert mode(PipelineOptions([]), [big, "ram://corpus/a.txt"]) == ("in_memory", 1)
+    monkeypatch.setattr(beam_runner, "available_cores", lambda: 1)
+    assert mode(PipelineOptions([]), [big]) == ("in_memory", 1)

@@ -247,8 +247,10 @@ class _WritePart(beam.DoFn):
         path = _part_path(self.prefix, order)
         with files.create(path) as f:
             if self.out_format == "parquet":
-                with pa.ipc.new_stream(f, rows.schema) as stream:
+                sink = pa.BufferOutputStream()
+                with pa.ipc.new_stream(sink, rows.schema) as stream:
                     stream.write_table(rows)
+                f.write(sink.getvalue().to_pybytes())  # some filesystems' handles take only bytes
             else:
                 for record in rows:
                     _TFRecordUtil.write_record(f, record)
@@ -293,8 +295,7 @@ class _WriteShard(beam.DoFn):
 
 
 def _read_arrow(path: str) -> pa.Table:
-    with files.open_read(path) as f:
-        return pa.ipc.open_stream(f).read_all()
+    return pa.ipc.open_stream(pa.py_buffer(files.read_bytes(path))).read_all()
 
 
 class WriteInOrder(beam.PTransform):

@@ -23,26 +23,35 @@ OWN = ("pipelines", "transforms", "trainer")
 BENIGN = ("Could not find cuda drivers", "All log messages before absl::InitializeLog", "cpu_feature_guard",
           "To enable the following instructions", "failed call to cuInit", "Resource module is not available",
           "Discarding unparseable args", "Tensorflow Transform is running in tf.compat.v1 mode",
-          "TFRecordDataset `buffer_size` is unspecified", "MLIR V1 optimization pass is not enabled")
+          "TFRecordDataset `buffer_size` is unspecified", "MLIR V1 optimization pass is not enabled",
+          "No semi_persistent_directory found")
 
 
 _WORKER_MESSAGE = re.compile(r'message: "((?:[^"\\]|\\.)*)"')
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_OWN_LOCATION = re.compile('log_location: "%s/(?:%s)/' % (re.escape(_REPO), "|".join(OWN)))
 
 
-class _DropBenign(logging.Filter):
-    """Drops known-benign lines; shortens log records that Beam forwards from worker processes.
+class _ForPeople(logging.Filter):
+    """Keeps this project's lines and libraries' warnings; drops known-benign lines.
 
-    Multi-process workers' records arrive as a whole log-entry proto
-    (``Worker: severity: WARN timestamp {...} message: "..." ...``): only the message is kept.
+    Beam forwards log records of multi-process workers as a whole log-entry
+    proto (``Worker: severity: INFO timestamp {...} message: "..." log_location:
+    "..."``) through the root logger: only the message is kept, and INFO ones
+    only when they come from this project's code (progress lines).
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        own = record.name.split(".")[0] in OWN
         if message.startswith("Worker: severity:"):
             found = _WORKER_MESSAGE.search(message)
+            own = bool(_OWN_LOCATION.search(message))
             if found:
-                record.msg, record.args = f"worker: {found.group(1)}", None
+                record.msg, record.args = found.group(1) if own else f"worker: {found.group(1)}", None
                 message = record.msg
+        if record.levelno < (logging.getLogger(OWN[0]).getEffectiveLevel() if own else logging.WARNING):
+            return False
         return not any(b in message for b in BENIGN)
 
 
@@ -52,14 +61,14 @@ def setup(verbose: bool = False) -> None:
     verbose = verbose or level == "DEBUG"
     logging.basicConfig(format="%(asctime)s %(message)s" if not verbose else
                         "%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", level=logging.INFO if verbose else logging.WARNING, force=True)
+                        datefmt="%H:%M:%S", level=logging.INFO, force=True)
     for name in OWN:
         logging.getLogger(name).setLevel(level)
     if verbose:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines
     for handler in logging.getLogger().handlers:
-        handler.addFilter(_DropBenign())
+        handler.addFilter(_ForPeople())
     for name in ("tensorflow", "absl", "tensorflow_transform", "tfx_bsl"):
         logging.getLogger(name).setLevel(logging.ERROR)  # deprecation notices and graph-mode chatter
     quiet = any(isinstance(finder, _QuietTensorFlowImport) for finder in sys.meta_path)
