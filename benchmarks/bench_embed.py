@@ -84,7 +84,7 @@ def measure(texts: list[str], rounds: int) -> dict[str, list[float]]:
         corpus.write_text("\n".join(texts) + "\n")
         for _ in range(rounds):
             runs["bare"].append(bare_seconds(texts))
-            runs["one"].append(job_seconds(str(corpus), str(work / "one")))
+            runs["one"].append(job_seconds(str(corpus), str(work / "one"), "--direct_num_workers=1"))
             runs["two"].append(job_seconds(str(corpus), str(work / "two"), "--direct_running_mode=multi_processing",
                                            "--direct_num_workers=2"))
     finally:
