@@ -106,11 +106,16 @@ def table(stats: dict, n: int, command: str) -> str:
         total += 10_000_000 / rate
         lines.append(f"| {name} | {n:,} | {s['seconds']:.0f} | {rate:,.0f} | {s['peak_bytes'] / 2**30:.2f} GiB | "
                      f"{10_000_000 / rate / 3600:.2f} h |")
+    peak = max(s["peak_bytes"] for s in stats.values()) / 2**30
+    lines += ["", f"Target: memory flat, no step above 4 GiB: **{'met' if peak <= 4 else 'missed'}** "
+              f"(largest {peak:.2f} GiB)."]
     per = {k: 10_000_000 / (n / v["seconds"]) for k, v in stats.items()}
     lines += ["", f"Whole flow for 10M sentences on this 2-core machine: about **{total / 3600:.1f} h**, of which "
               f"embedding is {per['embed'] / 3600:.1f} h. Embed, fit-codec and reduce spread over workers without a "
               "shuffle (embed's one is the id de-duplication); fit-pca combines per-worker partial sums; training "
-              "and evaluation run on one machine. Assuming linear scaling of the measured per-machine rates:", "",
+              "and evaluation run on one machine. Training is extrapolated linearly in rows, an upper bound: the "
+              "default budget (2,000,000 examples seen, at least one epoch) trains one epoch at 10M. Assuming "
+              "linear scaling of the measured per-machine rates:", "",
               "| N workers (2 cores each) | embed | fit-pca | reduce | train (one machine) |", "|---|---|---|---|---|"]
     for workers in (1, 10, 50):
         lines.append(f"| {workers} | {per['embed'] / workers / 60:.0f} min | {per['fit-pca'] / workers / 60:.1f} min | "
