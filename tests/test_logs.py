@@ -47,3 +47,11 @@ def test_worker_library_lines_are_dropped_unless_warnings(keep):
 def test_worker_lines_follow_the_chosen_level(keep, monkeypatch):
     monkeypatch.setattr(logging.getLogger("pipelines"), "level", logging.WARNING)
     assert not keep(_record("root", logging.INFO, _worker("INFO", f"{logs._REPO}/transforms/embedding.py", "x")))
+
+
+def test_progress_line_has_count_rate_and_eta_of_this_workers_share():
+    progress = logs.Progress("sentences embedded", total=1000, share=2)
+    progress.add(100)
+    line = progress.line(progress._start + 10)
+    assert line == "sentences embedded (one of 2 workers): 100 of ~500 (20%, 10/s), ETA 40 s"
+    assert logs.Progress("rows", total=None).line().startswith("rows: 0 (")

@@ -145,7 +145,8 @@ class Progress:
     """
 
     def __init__(self, what: str, total: int | None = None, share: int | None = 1, every_s: float = 10.0):
-        self.what, self.every_s = what, every_s
+        self.what = what if not share or share == 1 else f"{what} (one of {share} workers)"
+        self.every_s = every_s
         self.expected = total / share if total and share else None
         self.count = 0
         self._start = self._last = time.monotonic()
