@@ -20,7 +20,7 @@ setup(
     version="0.1.0",
     description="Shrink Universal Sentence Encoder embeddings 512 -> 128 at corpus scale",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["pipelines", "pipelines.*", "transforms",
+    packages=find_packages(include=["core", "core.*", "pipelines", "pipelines.*", "transforms",
                                     "transforms.*", "trainer", "trainer.*"]),
     install_requires=_requirements(),
     entry_points={"console_scripts": ["shrink=pipelines.cli:main"]},

@@ -7,7 +7,7 @@ raw 512-d. Settings: ``in-domain`` (fitted on STS train+dev sentences) and
 ``financial`` (fitted on the financial-news corpus, the reference's setting:
 the sentences outside the 100,000-sentence retrieval slice that
 bench_quality.py searches, see ``financial_split``).
-Autoencoders are trained in memory (same model and loss as trainer.task) and
+Autoencoders are trained in memory (same model and loss as pipelines.train) and
 cached under benchmarks/out/models/ by (config, epochs, batch, seed, training
 rows), so bench_quality.py scores the very models tabled here;
 PCA is the exact numpy PCA of the same vectors.
@@ -43,9 +43,9 @@ import tensorflow as tf  # noqa: E402
 
 import embedding_cache  # noqa: E402
 import results  # noqa: E402
-from pipelines.common.dataset import open_all  # noqa: E402
-from pipelines.evaluation import metrics  # noqa: E402
-import pca_reference as pca_math  # noqa: E402
+from core.dataset import open_all  # noqa: E402
+from core.evaluation import metrics  # noqa: E402
+from core import pca as pca_math  # noqa: E402
 from tests.fixtures import write_embedding_dataset  # noqa: E402
 from trainer import data  # noqa: E402
 from trainer.model import build_autoencoder  # noqa: E402

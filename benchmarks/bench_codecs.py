@@ -33,12 +33,12 @@ import faiss  # noqa: E402
 
 import bench_autoencoder as ae  # noqa: E402
 import embedding_cache  # noqa: E402
-import pca_reference as pca_math  # noqa: E402
+from core import pca as pca_math  # noqa: E402
 import results  # noqa: E402
-from pipelines.common import pq  # noqa: E402
-from pipelines.common.errors import InputError  # noqa: E402
-from pipelines.common import quantization as qz  # noqa: E402
-from pipelines.evaluation import frontier, metrics  # noqa: E402
+from core import pq  # noqa: E402
+from core.errors import InputError  # noqa: E402
+from core import quantization as qz  # noqa: E402
+from core.evaluation import frontier, metrics  # noqa: E402
 
 TITLE = "Codecs: quality per stored byte"
 K, CANDIDATES = 10, 100

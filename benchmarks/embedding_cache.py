@@ -28,7 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipelines.evaluation import golden, sts# noqa: E402
+from core.evaluation import golden, sts# noqa: E402
 
 import financial_corpus# noqa: E402
 

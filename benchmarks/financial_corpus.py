@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from pipelines.common.textnorm import normalize
+from core.textnorm import normalize
 
 
 # A kept sentence has at least this many words (whitespace tokens containing a

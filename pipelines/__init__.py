@@ -11,6 +11,6 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 if sys.argv[:1] == ["-m"]:
-    from pipelines.common import logs
+    from core import logs
 
     logs.setup(verbose=bool({"-v", "--verbose"} & set(sys.argv)))

@@ -11,6 +11,7 @@ flush and leave with ``os._exit`` so that teardown never decides the code.
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import logging
 import os
@@ -18,14 +19,18 @@ import re
 import sys
 import traceback
 
-from pipelines.common import logs
-from pipelines.common.errors import NAMES, ShrinkError
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from core import logs
+from core.encoders import DEFAULT_ENCODER
+from core.errors import NAMES, ShrinkError
+from transforms.corpus import FORMATS
 
 COMMANDS = {
     "embed": ("pipelines.embed", "corpus -> 512-d embedding TFRecord shards"),
     "fit-pca": ("pipelines.fit_pca", "fit the PCA reducer with tf.Transform on embedding shards"),
     "fit-codec": ("pipelines.fit_codec", "fit an int8 (tf.Transform ranges) or product-quantization (faiss) codec"),
-    "train": ("trainer.task", "train the tied autoencoder on embedding shards, export a reduction head"),
+    "train": ("pipelines.train", "train the tied autoencoder on embedding shards, export a reduction head"),
     "reduce": ("pipelines.reduce", "rewrite an embedding dataset in a smaller representation"),
     "evaluate": ("pipelines.evaluate", "score every representation (quality per stored byte) and write a report"),
     "search": ("pipelines.search", "find the nearest sentences to a query in a reduced corpus"),
@@ -97,6 +102,56 @@ def main(argv: list[str] | None = None) -> None:
 def module_main(module_name: str) -> None:
     """``python -m pipelines.<job>`` entry point with the same exit-code rules."""
     exit_now(run_job(module_name, sys.argv[1:]))
+
+def parse_job_args(parser: argparse.ArgumentParser, argv: list[str] | None):
+    """Split argv into the job's own flags and standard Beam pipeline options.
+
+    Job flags live in a plain argparse parser, as in Beam's wordcount
+    example, rather than in PipelineOptions subclasses: Beam merges every
+    subclass in the process into one parser, so jobs sharing flag names
+    (``--input``, ``--output``) could not be imported together (the ``run``
+    command, the test suite). Anything that is neither a job flag nor a
+    known Beam option is an error, so a typo never passes silently.
+    """
+    args, rest = parser.parse_known_args(argv)
+    check_beam_args(parser, rest)
+    return args, PipelineOptions(rest)
+
+
+def check_beam_args(parser: argparse.ArgumentParser, beam_args: list[str]) -> None:
+    """Exit with a usage error (via ``parser``) if ``beam_args`` holds anything Beam does not know."""
+    beam_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for cls in _all_subclasses(PipelineOptions):
+        cls._add_argparse_args(beam_parser)  # pylint: disable=protected-access
+    _, unknown = beam_parser.parse_known_args(beam_args)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+
+
+def _all_subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _all_subclasses(sub)
+
+
+def add_corpus_flags(parser) -> None:
+    """The flags that say how to read and embed a corpus: shared by ``embed`` and ``reduce --text_input``."""
+    parser.add_argument("--input_format", default="auto", choices=["auto", *FORMATS],
+                        help="auto: by file extension (.txt .csv .tsv .jsonl .parquet, optionally .gz/.bz2), else text")
+    parser.add_argument("--text_field", help="column/field holding the sentence (CSV, TSV, JSONL, Parquet)")
+    parser.add_argument("--id_field", help="optional column/field with a record id (string or integer); "
+                                           "default: a hash of the normalized sentence")
+    parser.add_argument("--encoder", default=DEFAULT_ENCODER,
+                        help="'use-m3' (offline USE multilingual v3) or 'tfhub:<handle or SavedModel path>'")
+    parser.add_argument("--embedding_dim", type=int, default=512,
+                        help="dimension the encoder must return; other vectors are dead-lettered")
+    parser.add_argument("--max_chars", type=int, default=10_000,
+                        help="longer sentences (after normalization) are dead-lettered, not truncated")
+    parser.add_argument("--allow_partial_files", action=argparse.BooleanOptionalAction, default=False,
+                        help="succeed although input files were truncated or unreadable (they are dead-lettered)")
+    parser.add_argument("--encoder_threads", type=int, default=0,
+                        help="BLAS threads per worker process; 0 = its share of the machine's cores")
+    parser.add_argument("--max_batch_size", type=int, default=1024, help="largest encoder batch")
 
 
 if __name__ == "__main__":

@@ -24,19 +24,21 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.common import config as cfg
-from pipelines.common import files, manifests, records
-from pipelines.common.beam_runner import (counter_values, create_pipeline, parse_job_args, processes_per_machine,
+from core import config as cfg
+from core import files, manifests, records
+from pipelines.cli import add_corpus_flags, parse_job_args
+from transforms.runner import (counter_values, create_pipeline, processes_per_machine,
                                           progress_share, run_and_wait, with_local_workers)
-from pipelines.common import dataset
-from pipelines.common.dataset import EmbeddingDataset, open_all, shard_entries
-from pipelines.common.errors import ArtifactError, InputError
-from pipelines.common.outputs import OutputDir
+from core import dataset
+from core.dataset import EmbeddingDataset, open_all, shard_entries
+from core.errors import ArtifactError, InputError
+from core.outputs import OutputDir
 from transforms.corpus import NAMESPACE, ReadCorpus, check_patterns
 from transforms.dedupe import ReadPrevious
-from transforms.embedding import (EmbedCorpus, EncoderModelHandler, ToExamples, add_corpus_flags,
+from transforms.shards import write_tfrecord_batches
+from transforms.embedding import (EmbedCorpus, EncoderModelHandler, ToExamples,
                                   reconcile_embedding)
-from transforms.encoders import DEFAULT_ENCODER, validate_spec
+from core.encoders import DEFAULT_ENCODER, validate_spec
 from transforms.sinks import DEAD, DEADLETTER_DIR, WriteDeadLetters
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,7 @@ def build(p: beam.Pipeline, config: EmbedConfig, handler: EncoderModelHandler,
     embedded = p | "EmbedCorpus" >> EmbedCorpus(read, handler, config.embedding_dim, earlier, share)
     _ = (embedded["vectors"]
          | "ToExamples" >> ToExamples()
-         | "WriteShards" >> records.write_tfrecord_batches(files.join(config.output, dataset.DATA_PREFIX),
+         | "WriteShards" >> write_tfrecord_batches(files.join(config.output, dataset.DATA_PREFIX),
                                                            config.num_shards))
     _ = (embedded[DEAD],) | "DeadLetters" >> WriteDeadLetters(config.output)
 

@@ -31,15 +31,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.common import codecs, files, manifests, reducers
-from pipelines.common import config as cfg
-from pipelines.common.dataset import EmbeddingDataset, in_holdout, iter_batches
-from pipelines.common.logs import Progress
-from pipelines.common.outputs import OutputDir
-from pipelines.evaluation import coded, frontier, golden, metrics, sts
-from pipelines.evaluation import report as report_io
-from pipelines.evaluation.sampling import SmallestKeys, seeded_keys
-from transforms.encoders import load_encoder, worker_threads
+from core import codecs, files, manifests, reducers
+from core import config as cfg
+from core.dataset import EmbeddingDataset, in_holdout, iter_batches
+from core.logs import Progress
+from core.outputs import OutputDir
+from core.evaluation import coded, frontier, golden, metrics, sts
+from core.evaluation import report as report_io
+from core.evaluation.sampling import SmallestKeys, seeded_keys
+from core.encoders import load_encoder
+from core.machine import worker_threads
 
 log = logging.getLogger(__name__)
 RAW = "raw"

@@ -30,12 +30,13 @@ import tensorflow as tf
 import tensorflow_transform.beam as tft_beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.common import codecs, files, manifests, quantization, reducers
-from pipelines.common import config as cfg
-from pipelines.common.beam_runner import counter_values, create_pipeline, parse_job_args, run_and_wait
-from pipelines.common.dataset import EmbeddingDataset, open_all
-from pipelines.common.errors import DataError, InputError
-from pipelines.common.outputs import OutputDir
+from core import codecs, files, manifests, quantization, reducers
+from core import config as cfg
+from pipelines.cli import parse_job_args
+from transforms.runner import counter_values, create_pipeline, run_and_wait
+from core.dataset import EmbeddingDataset, open_all
+from core.errors import DataError, InputError
+from core.outputs import OutputDir
 from transforms import codec_fitting
 from transforms.reduction import ParseRecords
 from transforms.shards import ReadShards

@@ -42,12 +42,14 @@ import tensorflow_transform.beam as tft_beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from threadpoolctl import threadpool_limits
 
-from pipelines.common import config as cfg
-from pipelines.common import files, manifests, reducers
-from pipelines.common.beam_runner import counter_values, create_pipeline, parse_job_args, run_and_wait
-from pipelines.common.dataset import EmbeddingDataset, open_all
-from pipelines.common.errors import ArtifactError, DataError, InputError
-from pipelines.common.outputs import OutputDir
+from core import config as cfg
+from core import files, manifests, reducers
+from core import pca as pca_math
+from pipelines.cli import parse_job_args
+from transforms.runner import counter_values, create_pipeline, run_and_wait
+from core.dataset import EmbeddingDataset, open_all
+from core.errors import ArtifactError, DataError, InputError
+from core.outputs import OutputDir
 from transforms import pca as pca_transform
 from transforms.fitting import FitRows, tfxio_source
 from transforms.sinks import DEAD, DEADLETTER_DIR, WriteDeadLetters
@@ -232,7 +234,7 @@ def export_head(config: FitPcaConfig, input_dim: int) -> tuple[dict, np.ndarray]
     if not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
         raise RuntimeError(f"the head disagrees with the transform_fn (max diff {np.abs(got - expected).max()})")
     reducers.save_head(head, config.output, input_dim)
-    return values, pca_transform.explained_variance_ratio(values[pca_transform.COVARIANCE],
+    return values, pca_math.explained_variance_ratio(values[pca_transform.COVARIANCE],
                                                           values[pca_transform.MATRIX])
 
 

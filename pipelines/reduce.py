@@ -24,17 +24,18 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.common import config as cfg
-from pipelines.common import codecs, files, manifests, records, reducers
-from pipelines.common.beam_runner import (counter_values, create_pipeline, parse_job_args, processes_per_machine,
+from core import config as cfg
+from core import codecs, files, manifests, records, reducers
+from pipelines.cli import add_corpus_flags, parse_job_args
+from transforms.runner import (counter_values, create_pipeline, processes_per_machine,
                                           progress_share, run_and_wait)
-from pipelines.common import dataset
-from pipelines.common.dataset import EmbeddingDataset, shard_entries
-from pipelines.common.errors import InputError
-from pipelines.common.outputs import OutputDir
+from core import dataset
+from core.dataset import EmbeddingDataset, shard_entries
+from core.errors import InputError
+from core.outputs import OutputDir
 from transforms import corpus
-from transforms.embedding import EmbedCorpus, EncoderModelHandler, add_corpus_flags, reconcile_embedding
-from transforms.encoders import DEFAULT_ENCODER, validate_spec
+from transforms.embedding import EmbedCorpus, EncoderModelHandler, reconcile_embedding
+from core.encoders import DEFAULT_ENCODER, validate_spec
 from transforms.reduction import DTYPES, NAMESPACE, BatchVectors, ParseRecords, ReduceBatch, WriteInOrder
 from transforms.shards import ReadShards
 from transforms.sinks import DEAD, DEADLETTER_DIR, WriteDeadLetters, reconcile

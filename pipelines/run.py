@@ -39,15 +39,15 @@ from dataclasses import dataclass
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import embed, evaluate, fit_codec, fit_pca, reduce
-from pipelines.common import config as cfg
-from pipelines.common import codecs, files, manifests, reducers
-from pipelines.common.beam_runner import check_beam_args
-from pipelines.common.dataset import EmbeddingDataset
-from pipelines.common.errors import InputError
-from pipelines.common.outputs import locked, remove_output
-from pipelines.common.steps import RunState, Step, input_identity
-from pipelines.evaluation import coded, drift
-from trainer import task
+from core import config as cfg
+from core import codecs, files, manifests, reducers
+from pipelines.cli import check_beam_args
+from core.dataset import EmbeddingDataset
+from core.errors import InputError
+from core.outputs import locked, remove_output
+from core.steps import RunState, Step, input_identity
+from core.evaluation import coded, drift
+from pipelines import train as task
 
 log = logging.getLogger(__name__)
 DRIFT_SAMPLE = 5000

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from pipelines.common import codecs, files, reducers
-from pipelines.common.dataset import KINDS, EmbeddingDataset, iter_batches
-from pipelines.common.errors import InputError
-from pipelines.common.pq import search_index
-from transforms.encoders import load_encoder, worker_threads
+from core import codecs, files, reducers
+from core.dataset import KINDS, EmbeddingDataset, iter_batches
+from core.errors import InputError
+from core.pq import search_index
+from core.encoders import load_encoder
+from core.machine import worker_threads
 
 log = logging.getLogger(__name__)
 

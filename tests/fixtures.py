@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from pipelines.common import manifests, records
-from pipelines.common.dataset import read_all, shard_entries
+from core import manifests, records
+from core.dataset import read_all, shard_entries
 
 
 def correlated_vectors(rows: int, dim: int, seed: int = 0, rank: int = 16) -> np.ndarray:
@@ -51,7 +51,7 @@ def write_embedding_dataset(directory: str | Path, vectors: np.ndarray, *, num_s
 def write_linear_reducer(directory: str | Path, mean: np.ndarray, matrix: np.ndarray, *,
                          kind: str = "pca", l2_normalize: bool = False) -> str:
     """A reducer artifact written straight from a mean and matrix (no tf.Transform run)."""
-    from pipelines.common import reducers
+    from core import reducers
 
     directory = str(directory)
     head = reducers.LinearHead(mean, matrix, l2_normalize)

@@ -12,10 +12,10 @@ import pytest
 import tensorflow as tf
 
 from pipelines import fit_codec, reduce, search
-from pipelines.common import codecs, manifests, quantization
-from pipelines.common.dataset import read_all
-from pipelines.common.errors import ArtifactError, InputError
-from pipelines.common.pq import PQCodec
+from core import codecs, manifests, quantization
+from core.dataset import read_all
+from core.errors import ArtifactError, InputError
+from core.pq import PQCodec
 from tests.fixtures import correlated_vectors, write_embedding_dataset, write_linear_reducer
 
 REPO = Path(__file__).resolve().parents[1]

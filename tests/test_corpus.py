@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.common import deadletter as dl
-from pipelines.common.beam_runner import counter_values, create_pipeline, run_and_wait
-from pipelines.common.errors import InputError
-from pipelines.common.textnorm import normalize, text_id
+from core import deadletter as dl
+from transforms.runner import counter_values, create_pipeline, run_and_wait
+from core.errors import InputError
+from core.textnorm import normalize, text_id
 from transforms.corpus import DEAD, ReadCorpus
 
 

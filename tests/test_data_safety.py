@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from pipelines import embed, fit_pca, reduce, run, sample_corpus
-from pipelines.common import dataset, outputs
-from pipelines.common.errors import ArtifactError, DataError, InputError
+from core import dataset, outputs
+from core.errors import ArtifactError, DataError, InputError
 from tests.fixtures import correlated_vectors, read_records, write_embedding_dataset, write_linear_reducer
 from tests.hub_models import save_text_encoder
 
@@ -81,7 +81,7 @@ def three_shards(tmp_path) -> Path:
 
 
 def test_a_missing_shard_fails_every_reader(three_shards, tmp_path):
-    from trainer import task
+    from pipelines import train as task
 
     reducer = write_linear_reducer(tmp_path / "pca", np.zeros(64), np.eye(64)[:, :8])
     (three_shards / "data-00001-of-00003.tfrecord").unlink()

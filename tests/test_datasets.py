@@ -1,4 +1,4 @@
-"""Data loaders: STS benchmark (real files when present), download cache, golden sets, financial corpus."""
+"""Data loaders: STS benchmark (real files when present), download cache, golden sets."""
 from __future__ import annotations
 
 
@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.evaluation import golden, sts
-
-from benchmarks import financial_corpus
+from core.evaluation import golden, sts
 
 
 def test_sts_loader_on_real_files(shared_data):
@@ -107,38 +105,3 @@ def test_golden_set_tatqa(shared_data):
     assert len(gs.doc_ids) == 2635 and len(gs.query_ids) == 935
     assert all(m.get("table_uid") for m in gs.query_meta)
 
-
-def test_split_sentences():
-    text = ("Standard Oil Co. and BP said they plan a venture. The U.S. Treasury agreed! "
-            "Mr. Smith said \"we are here.\" Shares rose 5.5 pct to 12 dlrs.")
-    assert financial_corpus.split_sentences(text) == [
-        "Standard Oil Co. and BP said they plan a venture.", "The U.S. Treasury agreed!",
-        "Mr. Smith said \"we are here.\"", "Shares rose 5.5 pct to 12 dlrs."]
-
-
-def test_financial_corpus_on_real_data(shared_data, tmp_path):
-    sentences, counts = financial_corpus.financial_corpus_with_counts(shared_data)
-    assert 150_000 <= len(sentences) <= 260_000
-    assert len(set(sentences)) == len(sentences)
-    assert sum(c["kept"] for c in counts.values()) == len(sentences)
-    assert all(c["kept"] > 1000 for c in counts.values())
-    assert counts["reuters21578"]["duplicate"] > 0  # dedup is doing work on real data
-    assert all(s == s.strip() and "  " not in s and "\n" not in s for s in sentences)
-    kept = set(sentences)
-    assert "Shr 34 cts vs 1.19 dlrs" not in kept  # a Reuters earnings-table row is dropped
-    assert ("BP North America is a subsidiary of British Petroleum Co Plc <BP>, which also owns a 55 pct "
-            "interest in Standard Oil.") in kept  # a body sentence, SGML entities decoded
-    assert "STANDARD OIL <SRD> TO FORM FINANCIAL UNIT" in kept  # a title
-    assert "BAHIA COCOA REVIEW" not in kept  # under MIN_WORDS words
-    out = financial_corpus.write_sentences(sentences[:100], tmp_path / "corpus.txt")
-    assert out.read_text(encoding="utf-8").splitlines() == sentences[:100]
-
-
-def test_financial_corpus_dedup_and_filter(tmp_path, monkeypatch):
-    fake = {"a": lambda _: ["Gold  prices rise sharply today", "Gold prices rise sharply today", "Too short"],
-            "b": lambda _: ["Cafe\u0301 owners raise prices again", "Caf\u00e9 owners raise prices again"]}
-    monkeypatch.setattr(financial_corpus, "FINANCIAL_SOURCES", fake)
-    sentences, counts = financial_corpus.financial_corpus_with_counts(tmp_path)
-    assert sentences == ["Gold prices rise sharply today", "Caf\u00e9 owners raise prices again"]
-    assert counts["a"] == {"read": 3, "too_short": 1, "duplicate": 1, "kept": 1}
-    assert counts["b"]["duplicate"] == 1  # NFC makes the two spellings one sentence

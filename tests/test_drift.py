@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.evaluation import drift
-from benchmarks import pca_reference as pca_math
+from core.evaluation import drift
+from core import pca as pca_math
 
 
 def _data(rng, basis, n):

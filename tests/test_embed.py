@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import embed
-from pipelines.common import records
-from pipelines.common.errors import ArtifactError
-from pipelines.common.manifests import read as read_manifest
-from pipelines.common.textnorm import normalize, text_id
+from core import records
+from core.errors import ArtifactError
+from core.manifests import read as read_manifest
+from core.textnorm import normalize, text_id
 from tests.fixtures import read_records
 from tests.hub_models import save_text_encoder
 

@@ -6,7 +6,7 @@ import csv
 import numpy as np
 import pytest
 
-from transforms import encoders
+from core import encoders
 
 EDGE_CASES = [
     "Apple shares rose 3% on Monday.",

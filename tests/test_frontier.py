@@ -6,8 +6,8 @@ import io
 import numpy as np
 import pytest
 
-from pipelines.common.errors import InputError
-from pipelines.evaluation import frontier, metrics
+from core.errors import InputError
+from core.evaluation import frontier, metrics
 
 
 def _chunked(scores: np.ndarray, k: int, chunk: int, exclude=None, reverse=False) -> tuple:

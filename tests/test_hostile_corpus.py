@@ -29,9 +29,9 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import sample_corpus
-from pipelines.common import deadletter as dl
-from pipelines.common.beam_runner import counter_values, create_pipeline, run_and_wait
-from pipelines.common.textnorm import normalize, text_id
+from core import deadletter as dl
+from transforms.runner import counter_values, create_pipeline, run_and_wait
+from core.textnorm import normalize, text_id
 from tests.hub_models import save_text_encoder
 from transforms.corpus import DEAD, ReadCorpus
 

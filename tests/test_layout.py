@@ -1,10 +1,12 @@
 """The layering the README describes, checked on every import statement (lazy ones included).
 
-- ``pipelines/common`` and ``pipelines/evaluation`` import neither ``transforms`` nor ``trainer``;
-- ``transforms`` and ``trainer`` import only ``pipelines.common`` and ``pipelines.evaluation``;
-- job modules (``pipelines/<job>.py``, ``trainer/task.py``) are imported by no library module, and
-  among jobs only the orchestrators ``run`` and ``demo`` import other jobs;
-- nothing shipped imports ``benchmarks`` or ``tests``; ``pipelines/`` holds only job modules.
+Arrows point one way: ``pipelines`` (commands) -> ``transforms`` (Beam) and ``trainer`` (Keras) -> ``core``.
+- ``core`` imports nothing of ours but ``core``, and of Beam only its filesystem layer (no pipelines);
+- ``transforms`` imports ``core`` and ``transforms``; it holds no argparse and no Keras;
+- ``trainer`` imports ``core`` and ``trainer``; it holds no Beam;
+- ``pipelines`` holds ``cli.py`` and one module per command; a command imports no other command
+  except the orchestrators ``run`` and ``demo`` (and every command may use ``cli``'s shared flags);
+- nothing shipped imports ``benchmarks`` or ``tests``, and tests do not import ``benchmarks``.
 """
 from __future__ import annotations
 
@@ -14,10 +16,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-JOBS = {"pipelines.cli", "pipelines.embed", "pipelines.fit_pca", "pipelines.fit_codec", "pipelines.reduce",
-        "pipelines.evaluate", "pipelines.search", "pipelines.run", "pipelines.demo", "pipelines.sample_corpus",
-        "trainer.task"}
+PACKAGES = ("core", "transforms", "trainer", "pipelines")
+COMMANDS = {"pipelines.embed", "pipelines.fit_pca", "pipelines.fit_codec", "pipelines.train", "pipelines.reduce",
+            "pipelines.evaluate", "pipelines.search", "pipelines.run", "pipelines.demo", "pipelines.sample_corpus"}
 ORCHESTRATORS = {"pipelines.run", "pipelines.demo"}
+ALLOWED = {"core": ("core",), "transforms": ("core", "transforms"), "trainer": ("core", "trainer"),
+           "pipelines": PACKAGES}
 
 
 def _module(path: Path) -> str:
@@ -37,33 +41,34 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
-def _ours(name: str) -> bool:
-    return name.split(".")[0] in ("pipelines", "transforms", "trainer", "benchmarks", "tests")
-
-
-SHIPPED = sorted(p for pkg in ("pipelines", "transforms", "trainer") for p in (REPO / pkg).rglob("*.py"))
+SHIPPED = sorted(p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py"))
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
 def test_imports_follow_the_layers(path):
     module = _module(path)
-    imported = {i for i in _imports(path) if _ours(i)}
-    assert not {i for i in imported if i.split(".")[0] in ("benchmarks", "tests")}, module
-    jobs = {i for i in imported if i in JOBS}
-    if module.startswith(("pipelines.common", "pipelines.evaluation")):
-        assert not {i for i in imported if i.split(".")[0] in ("transforms", "trainer")}, module
-    if module.startswith(("transforms", "trainer")) and module != "trainer.task":
-        assert all(i.startswith(("pipelines.common", "pipelines.evaluation", module.split(".")[0]))
-                   for i in imported), (module, imported)
-    if module in ORCHESTRATORS:
-        return
-    assert not jobs - {"pipelines.cli"} or module not in JOBS, f"{module} imports jobs {jobs}"
-    if module not in JOBS:
-        assert not jobs, f"library module {module} imports jobs {jobs}"
+    package = module.split(".")[0]
+    imported = _imports(path)
+    ours = {i for i in imported if i.split(".")[0] in (*PACKAGES, "benchmarks", "tests")}
+    assert all(i.split(".")[0] in ALLOWED[package] for i in ours), (module, sorted(ours))
+    if package == "core":
+        beam = {i for i in imported if i.split(".")[0] == "apache_beam"}
+        assert all(i.startswith(("apache_beam.io.filesystem", "apache_beam.io.gcp")) for i in beam), (module, beam)
+    if package == "transforms":
+        assert not {i for i in imported if i.split(".")[0] in ("argparse", "keras")}, module
+    if package == "trainer":
+        assert not {i for i in imported if i.split(".")[0] == "apache_beam"}, module
+    commands = {i for i in imported if i in COMMANDS}
+    if module not in ORCHESTRATORS:
+        assert not commands, f"{module} imports commands {commands}"
 
 
-def test_pipelines_holds_only_job_modules():
-    top = {p.stem for p in (REPO / "pipelines").glob("*.py")} - {"__init__"}
-    assert {f"pipelines.{name}" for name in top} <= JOBS, top
-    assert {p.name for p in (REPO / "pipelines").iterdir() if p.is_dir() and p.name != "__pycache__"} == \
-        {"common", "evaluation"}
+def test_pipelines_holds_the_cli_and_one_module_per_command():
+    top = {f"pipelines.{p.stem}" for p in (REPO / "pipelines").glob("*.py")} - {"pipelines.__init__"}
+    assert top == COMMANDS | {"pipelines.cli"}, top
+    assert not [p for p in (REPO / "pipelines").iterdir() if p.is_dir() and p.name != "__pycache__"]
+
+
+def test_tests_do_not_import_benchmarks():
+    for path in (REPO / "tests").glob("*.py"):
+        assert not {i for i in _imports(path) if i.split(".")[0] == "benchmarks"}, path.name

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from pipelines.common import logs
+from core import logs
 
 
 def _record(name: str, level: int, message: str) -> logging.LogRecord:
@@ -31,7 +31,7 @@ def test_own_info_passes_library_info_does_not(keep):
 
 
 def test_worker_progress_from_our_code_is_kept_as_its_message(keep):
-    record = _record("root", logging.INFO, _worker("INFO", f"{logs._REPO}/pipelines/common/logs.py",
+    record = _record("root", logging.INFO, _worker("INFO", f"{logs._REPO}/core/logs.py",
                                                    "sentences embedded: 10 of ~20 (50%)"))
     assert keep(record) and record.getMessage() == "sentences embedded: 10 of ~20 (50%)"
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from pipelines.evaluation import metrics
+from core.evaluation import metrics
 
 
 def test_paired_cosine_hand_values():

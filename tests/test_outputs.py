@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from pipelines.common import files, manifests, outputs, records
-from pipelines.common.errors import ArtifactError
-from pipelines.common.outputs import OutputDir
+from core import files, manifests, outputs, records
+from core.errors import ArtifactError
+from core.outputs import OutputDir
 
 OWNED = ("data-*", "deadletter/*", "schema.pbtxt")
 

@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from pipelines.common import manifests, reducers
+from core import manifests, reducers
 from pipelines import fit_pca
-from benchmarks import pca_reference as pca_math
-from pipelines.common.errors import ArtifactError, InputError
+from core import pca as pca_math
+from core.errors import ArtifactError, InputError
 from tests.fixtures import correlated_vectors, write_embedding_dataset
 from transforms import pca as pca_transform
 
@@ -20,7 +20,7 @@ def test_explained_variance_ratio_of_eigenvectors_is_their_eigenvalue_share():
     x = correlated_vectors(200, 32)
     cov = np.cov(x.T, bias=True)
     values, vectors = np.linalg.eigh(cov)
-    ratio = pca_transform.explained_variance_ratio(cov, vectors[:, ::-1][:, :10])
+    ratio = pca_math.explained_variance_ratio(cov, vectors[:, ::-1][:, :10])
     np.testing.assert_allclose(ratio, values[::-1][:10] / values.sum(), rtol=1e-9)
 
 

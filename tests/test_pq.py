@@ -5,8 +5,8 @@ import faiss
 import numpy as np
 import pytest
 
-from pipelines.common import pq
-from pipelines.common.errors import ArtifactError
+from core import pq
+from core.errors import ArtifactError
 
 pytestmark = pytest.mark.filterwarnings("ignore:PQ trained on")
 D, M = 64, 8

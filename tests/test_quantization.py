@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from pipelines.common import quantization as qz
+from core import quantization as qz
 
 
 def _random(n=500, k=16, seed=0) -> np.ndarray:

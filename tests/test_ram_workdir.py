@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 
 import tests.ramfs  # noqa: F401 - registers ram:// with Beam
-from pipelines.common import files
-from pipelines.evaluation import golden, sts
+from core import files
+from core.evaluation import golden, sts
 from pipelines import evaluate, run, sample_corpus
 from tests.fixtures import read_records
 from tests.hub_models import save_text_encoder

@@ -8,11 +8,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.common import manifests, records
-from benchmarks import pca_reference as pca_math
+from core import manifests, records
+from core import pca as pca_math
 from pipelines import reduce as reduce_job
-from pipelines.common import reducers
-from pipelines.common.errors import ArtifactError
+from core import reducers
+from core.errors import ArtifactError
 from transforms.shards import read_records as shard_records
 from tests.fixtures import correlated_vectors, write_embedding_dataset, write_linear_reducer, read_records
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 
-from pipelines.common.errors import InputError
+from core.errors import InputError
 from pipelines import run, sample_corpus
 from tests.fixtures import read_records
 from tests.hub_models import save_text_encoder

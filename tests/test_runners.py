@@ -20,8 +20,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import embed, fit_pca, reduce
 
-from pipelines.common.dataset import EmbeddingDataset
-from pipelines.common.reducers import load_reducer
+from core.dataset import EmbeddingDataset
+from core.reducers import load_reducer
 from transforms.embedding import EncoderModelHandler
 from tests.fixtures import correlated_vectors, write_embedding_dataset, write_linear_reducer, read_records
 from tests.hub_models import save_text_encoder
@@ -149,7 +149,7 @@ def test_fit_pca_and_reduce_in_multi_processing_mode_match_in_memory(tmp_path):
 
 def test_local_embedding_uses_a_worker_process_per_core_for_large_inputs(tmp_path, monkeypatch):
     from apache_beam.options.pipeline_options import DirectOptions
-    from pipelines.common import beam_runner
+    from transforms import runner as beam_runner
 
     monkeypatch.setattr(beam_runner, "available_cores", lambda: 2)
     small, big = tmp_path / "small.txt", tmp_path / "big.txt"

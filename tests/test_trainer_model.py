@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 from tests.hub_models import save_text_encoder
-from trainer import export, task
+from pipelines import train as task
+from trainer import export
 from trainer.model import DenseTied, build_autoencoder, rank_loss, reconstruction_loss, similarity_loss
 
 DIM = 24

@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines.common.dataset import open_all
-from pipelines.common.errors import ArtifactError, InputError
-from pipelines.common import manifests
-from pipelines.common.reducers import load_reducer
+from core.dataset import open_all
+from core.errors import ArtifactError, InputError
+from core import manifests
+from core.reducers import load_reducer
 from tests.fixtures import correlated_vectors, write_embedding_dataset, read_records
-from trainer import data, export, task
+from pipelines import train as task
+from trainer import data, export
 from trainer.model import build_autoencoder
 
 DIM = 32
@@ -65,7 +66,7 @@ def test_a_directory_without_manifest_is_not_a_dataset(tmp_path):
 
 
 def test_two_epochs_reduce_validation_loss_and_export_the_artifact(dataset, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="trainer.task")
+    caplog.set_level(logging.INFO, logger="pipelines.train")
     out = tmp_path / "ae"
     seen = {}
 
@@ -81,7 +82,7 @@ def test_two_epochs_reduce_validation_loss_and_export_the_artifact(dataset, tmp_
     manifest = task.train(args, extra_callbacks=[Record()])
 
     assert sorted(seen) == [0, 1] and seen[1] < initial and seen[1] < seen[0]
-    lines = [r.getMessage() for r in caplog.records if r.name == "trainer.task"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "pipelines.train"]
     n_val = len(_all(val))
     assert f"training 2 epochs on {600 - n_val} rows ({-(-(600 - n_val) // 32)} batches of 32 per epoch), " \
            f"validating on {n_val} rows ({-(-n_val // 32)} batches)" in lines
@@ -203,13 +204,13 @@ def test_bad_flags_are_usage_errors():
 
 @pytest.mark.slow  # separate processes (runner/crash): make test-slow
 def test_sigkilled_process_resumes_through_the_entry_point(dataset, tmp_path):
-    """A hard kill (no exception handling, no clean-up) after epoch 2, then `python -m trainer.task`."""
+    """A hard kill (no exception handling, no clean-up) after epoch 2, then `python -m pipelines.train`."""
     out = tmp_path / "ae"
     flags = ["--input", dataset, "--output", str(out), "--sizes", "16,8", "--batch_size", "32",
              "--val_permille", "200", "--epochs", "3", "--verbose", "0"]
     killer = (
         "import os, signal, sys, keras\n"
-        "from trainer import task\n"
+        "from pipelines import train as task\n"
         "class Kill(keras.callbacks.Callback):\n"
         "    def on_epoch_end(self, epoch, logs=None):\n"
         "        if epoch == 1: os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -219,7 +220,7 @@ def test_sigkilled_process_resumes_through_the_entry_point(dataset, tmp_path):
     assert killed.returncode == -signal.SIGKILL
     assert not (out / "manifest.json").exists()
 
-    done = subprocess.run([sys.executable, "-m", "trainer.task", *flags], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "pipelines.train", *flags], env=env, capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     manifest = manifests.read(str(out), "autoencoder")
@@ -321,7 +322,7 @@ def test_eta_is_the_mean_epoch_time_after_the_first_times_the_epochs_left():
 
 
 def test_epoch_log_writes_the_first_and_last_epoch_and_a_line_at_most_every_10_s(caplog):
-    caplog.set_level(logging.INFO, logger="trainer.task")
+    caplog.set_level(logging.INFO, logger="pipelines.train")
     ticks = iter([0.0, 20.0, 20.0, 30.0, 30.0, 34.0, 34.0, 38.0])  # begin/end of epochs taking 20, 10, 4, 4 s
     callback = task.EpochLog(epochs=4, may_stop=False, clock=lambda: next(ticks))
     for epoch in range(4):

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from pipelines.common import records
-from pipelines.common.dataset import HOLDOUT_BUCKETS, EmbeddingDataset, in_holdout
-from pipelines.common.errors import DataError
+from core import records
+from core.dataset import HOLDOUT_BUCKETS, EmbeddingDataset, in_holdout
+from core.errors import DataError
 
 _PARSE_BATCH = 1024
 

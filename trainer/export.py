@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from pipelines.common import reducers
-from pipelines.common.reducers import INPUT_NAME, OUTPUT_NAME, SIGNATURE
+from core import reducers
+from core.reducers import INPUT_NAME, OUTPUT_NAME, SIGNATURE
 from trainer.model import Autoencoder
 
 TEXT_MODEL_DIR = "text_model"

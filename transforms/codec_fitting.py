@@ -24,11 +24,11 @@ from apache_beam.metrics import Metrics
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx_bsl.tfxio import tensor_adapter
 
-from pipelines.common import codecs, files
-from pipelines.common.pq import train_pq
-from pipelines.evaluation.sampling import seeded_keys
-from pipelines.common.errors import ArtifactError, InputError
-from pipelines.common.logs import Progress
+from core import codecs, files
+from core.pq import train_pq
+from core.evaluation.sampling import seeded_keys
+from core.errors import ArtifactError, InputError
+from core.logs import Progress
 
 REDUCED = "reduced"
 LO = "int8_lo"

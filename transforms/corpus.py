@@ -32,10 +32,10 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import CompressionTypes, FileSystems
 from apache_beam.metrics import Metrics
 
-from pipelines.common import deadletter as dl
-from pipelines.common.logs import Progress
-from pipelines.common.errors import InputError
-from pipelines.common.textnorm import normalize, text_id
+from core import deadletter as dl
+from core.logs import Progress
+from core.errors import InputError
+from core.textnorm import normalize, text_id
 
 FORMATS = ("text", "csv", "tsv", "jsonl", "parquet")
 _EXTENSIONS = {".txt": "text", ".text": "text", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl",

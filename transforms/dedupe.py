@@ -4,9 +4,9 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipelines.common import deadletter as dl
-from pipelines.common import records
-from pipelines.common.dataset import EmbeddingDataset
+from core import deadletter as dl
+from core import records
+from core.dataset import EmbeddingDataset
 from transforms.shards import ReadShards
 from transforms.sinks import DEAD, DeadLetterCounter
 

@@ -7,7 +7,6 @@ or of the wrong size; ``EmbedCorpus`` is the whole corpus -> vectors chain.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from typing import Any, Iterable, Sequence
 
@@ -16,13 +15,14 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
-from pipelines.common import deadletter as dl
-from pipelines.common import records
-from pipelines.common.logs import Progress
+from core import deadletter as dl
+from core import records
+from core.logs import Progress
 from transforms.corpus import DEAD, FORMATS, NAMESPACE, ReadCorpus
 from transforms.dedupe import Deduplicate
-from transforms.encoders import DEFAULT_ENCODER, Encoder, load_encoder, validate_spec, worker_threads
-from pipelines.common.errors import InputError
+from core.encoders import DEFAULT_ENCODER, Encoder, load_encoder, validate_spec
+from core.machine import worker_threads
+from core.errors import InputError
 from transforms.sinks import DeadLetterCounter, reconcile
 
 log = logging.getLogger(__name__)
@@ -192,23 +192,3 @@ def reconcile_embedding(counts: dict[str, int], allow_partial_files: bool, deadl
             f"before the damage were kept and the files are listed in {deadletter_dir}. Repair the files, or pass "
             "--allow_partial_files to keep what could be read")
     return full
-
-
-def add_corpus_flags(parser) -> None:
-    """The flags that say how to read and embed a corpus: shared by ``embed`` and ``reduce --text_input``."""
-    parser.add_argument("--input_format", default="auto", choices=["auto", *FORMATS],
-                        help="auto: by file extension (.txt .csv .tsv .jsonl .parquet, optionally .gz/.bz2), else text")
-    parser.add_argument("--text_field", help="column/field holding the sentence (CSV, TSV, JSONL, Parquet)")
-    parser.add_argument("--id_field", help="optional column/field with a record id (string or integer); "
-                                           "default: a hash of the normalized sentence")
-    parser.add_argument("--encoder", default=DEFAULT_ENCODER,
-                        help="'use-m3' (offline USE multilingual v3) or 'tfhub:<handle or SavedModel path>'")
-    parser.add_argument("--embedding_dim", type=int, default=512,
-                        help="dimension the encoder must return; other vectors are dead-lettered")
-    parser.add_argument("--max_chars", type=int, default=10_000,
-                        help="longer sentences (after normalization) are dead-lettered, not truncated")
-    parser.add_argument("--allow_partial_files", action=argparse.BooleanOptionalAction, default=False,
-                        help="succeed although input files were truncated or unreadable (they are dead-lettered)")
-    parser.add_argument("--encoder_threads", type=int, default=0,
-                        help="BLAS threads per worker process; 0 = its share of the machine's cores")
-    parser.add_argument("--max_batch_size", type=int, default=1024, help="largest encoder batch")

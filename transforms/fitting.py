@@ -18,10 +18,10 @@ from apache_beam.metrics import Metrics
 from tensorflow_transform.tf_metadata import schema_utils
 from tfx_bsl.public import tfxio
 
-from pipelines.common import deadletter as dl
-from pipelines.common import records
-from pipelines.common.dataset import EmbeddingDataset
-from pipelines.common.logs import Progress
+from core import deadletter as dl
+from core import records
+from core.dataset import EmbeddingDataset
+from core.logs import Progress
 from transforms.shards import ReadShards
 from transforms.sinks import DEAD, DeadLetterCounter
 

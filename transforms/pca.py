@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
@@ -43,14 +42,3 @@ def make_preprocessing_fn(output_dim: int, center: bool = True,
         return {REDUCED: reduced}
 
     return preprocessing_fn
-
-
-def explained_variance_ratio(cov: np.ndarray, components: np.ndarray) -> np.ndarray:
-    """Share of the total variance (trace of ``cov``) along each component.
-
-    ``v' C v`` equals the eigenvalue for an exact eigenvector, so this works
-    on components found elsewhere (tf.Transform) without trusting their order.
-    """
-    total = float(np.trace(cov))
-    along = np.einsum("ij,ik,kj->j", components, cov, components)
-    return along / total if total > 0 else np.zeros_like(along)

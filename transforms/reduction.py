@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
 
-from pipelines.common import deadletter as dl
-from pipelines.common import codecs, files, records
-from pipelines.common.logs import Progress
+from core import deadletter as dl
+from core import codecs, files, records
+from core.logs import Progress
 from transforms.sinks import DEAD, DeadLetterCounter
 
 NAMESPACE = "reduce"

@@ -4,8 +4,8 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipelines.common import deadletter as dl
-from pipelines.common import files
+from core import deadletter as dl
+from core import files
 
 DEAD = "dead"
 DEADLETTER_DIR = "deadletter"

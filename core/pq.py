@@ -22,7 +22,7 @@ import warnings
 import faiss
 import numpy as np
 
-from pipelines.common.errors import ArtifactError
+from core.errors import ArtifactError
 
 METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 DEFAULT_METRIC = "l2"

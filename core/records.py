@@ -13,12 +13,10 @@ depend on the process, so re-runs write identical files.
 from __future__ import annotations
 
 import numpy as np
-from apache_beam.io import filebasedsink
-from apache_beam.io.tfrecordio import _TFRecordUtil
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from pipelines.common import files
+from core import files
 
 ID = "id"
 TEXT = "text"
@@ -159,26 +157,6 @@ def decode_example(serialized: bytes) -> dict:
         out[EMBEDDING] = np.asarray(f[EMBEDDING].float_list.value, dtype=np.float32)
     return out
 
-
-class _TFRecordBatchSink(filebasedsink.FileBasedSink):
-    """TFRecord files written a list of records at a time.
-
-    ``WriteToTFRecord`` takes one element per record; handing it whole
-    batches instead measured about a third faster for the reduce job
-    (benchmarks/bench_pca_reduce.py). Same framing: Beam's TFRecord writer.
-    """
-
-    def write_record(self, file_handle, value):
-        for record in value:
-            _TFRecordUtil.write_record(file_handle, record)
-
-
-def write_tfrecord_batches(prefix: str, num_shards: int):
-    """A Beam write of elements that are lists of serialized records, as ``prefix-SSSSS-of-NNNNN.tfrecord``."""
-    import apache_beam as beam
-
-    return beam.io.Write(_TFRecordBatchSink(prefix, coder=None, file_name_suffix=".tfrecord",
-                                            num_shards=num_shards))
 
 
 def _b(value: str | bytes) -> bytes:

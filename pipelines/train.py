@@ -1,6 +1,6 @@
 """Train the tied autoencoder on embedding shards and export a reduction head.
 
-Vertex AI-style entry point: ``python -m trainer.task --input DIR --output DIR``
+Vertex AI-style entry point: ``python -m pipelines.train --input DIR --output DIR``
 (``shrink train`` is the same). ``--output`` defaults to ``$AIP_MODEL_DIR``.
 
 The output directory is the reducer artifact: ``manifest.json`` (kind
@@ -26,12 +26,12 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.io import gfile
 
-from pipelines.common import config as cfg
-from pipelines.common import deadletter as dl
-from pipelines.common import files, manifests, reducers
-from pipelines.common.dataset import HOLDOUT_BUCKETS, open_all
-from pipelines.common.errors import InputError
-from pipelines.common.outputs import OutputDir
+from core import config as cfg
+from core import deadletter as dl
+from core import files, manifests, reducers
+from core.dataset import HOLDOUT_BUCKETS, open_all
+from core.errors import InputError
+from core.outputs import OutputDir
 from trainer import data, export
 from trainer.model import LOSSES, build_autoencoder
 
@@ -287,7 +287,7 @@ def eta_seconds(epoch_seconds: list[float], remaining: int) -> float:
 
 
 class EpochLog(keras.callbacks.Callback):
-    """INFO lines (logger ``trainer.task``) with losses, time and ETA, readable in any log viewer, unlike
+    """INFO lines (logger ``pipelines.train``) with losses, time and ETA, readable in any log viewer, unlike
     Keras's progress bars (``--verbose``): the first and last epoch, and one at most every ``every_s``."""
 
     def __init__(self, epochs: int, may_stop: bool, clock=time.perf_counter, every_s: float = 10.0):
@@ -456,4 +456,4 @@ def main(argv: list[str] | None = None) -> dict:
 if __name__ == "__main__":
     from pipelines.cli import module_main
 
-    module_main("trainer.task")
+    module_main("pipelines.train")

@@ -24,8 +24,8 @@ import socket
 import sys
 import time
 
-from pipelines.common import files, manifests
-from pipelines.common.errors import ArtifactError
+from core import files, manifests
+from core.errors import ArtifactError
 
 log = logging.getLogger(__name__)
 LOCK = ".shrink.lock"

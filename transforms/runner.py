@@ -1,7 +1,6 @@
 """Runner choice, counters and progress logging shared by the Beam jobs."""
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 
@@ -9,7 +8,8 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipelines.common import files
+from core import files
+from core.machine import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -58,35 +58,6 @@ def counter_values(result, namespace: str) -> dict[str, int]:
     return values
 
 
-def parse_job_args(parser: argparse.ArgumentParser, argv: list[str] | None):
-    """Split argv into the job's own flags and standard Beam pipeline options.
-
-    Job flags live in a plain argparse parser, as in Beam's wordcount
-    example, rather than in PipelineOptions subclasses: Beam merges every
-    subclass in the process into one parser, so jobs sharing flag names
-    (``--input``, ``--output``) could not be imported together (the ``run``
-    command, the test suite). Anything that is neither a job flag nor a
-    known Beam option is an error, so a typo never passes silently.
-    """
-    args, rest = parser.parse_known_args(argv)
-    check_beam_args(parser, rest)
-    return args, PipelineOptions(rest)
-
-
-def check_beam_args(parser: argparse.ArgumentParser, beam_args: list[str]) -> None:
-    """Exit with a usage error (via ``parser``) if ``beam_args`` holds anything Beam does not know."""
-    beam_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for cls in _all_subclasses(PipelineOptions):
-        cls._add_argparse_args(beam_parser)  # pylint: disable=protected-access
-    _, unknown = beam_parser.parse_known_args(beam_args)
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-
-
-def _all_subclasses(cls):
-    for sub in cls.__subclasses__():
-        yield sub
-        yield from _all_subclasses(sub)
 
 
 def processes_per_machine(options: PipelineOptions) -> int:
@@ -122,11 +93,6 @@ def with_local_workers(options: PipelineOptions, input_paths: list[str]) -> Pipe
                                             "direct_num_workers": available_cores()})
 
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def progress_share(options: PipelineOptions) -> int | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.evaluation import metrics
+from core.evaluation import metrics
 
 
 def pair_fidelity(raw: np.ndarray, reduced: np.ndarray, pairs: int = 20_000, seed: int = 0) -> float:

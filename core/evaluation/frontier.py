@@ -15,9 +15,9 @@ from typing import IO
 
 import numpy as np
 
-from pipelines.common.errors import InputError
-from pipelines.evaluation import metrics
-from pipelines.evaluation.metrics import _PAD, _decode, _encode, _smallest
+from core.errors import InputError
+from core.evaluation import metrics
+from core.evaluation.metrics import _PAD, _decode, _encode, _smallest
 
 def rescore(candidates: np.ndarray, query_vecs: np.ndarray,
             lookup: Callable[[np.ndarray], np.ndarray], k: int, block: int = 256) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 A representation is anything with ``encode(x) -> stored``, ``decode(stored)
 -> float32``, ``query(x) -> float32`` and ``scores(queries, decoded) ->
-[n_queries, n]`` (``pipelines.common.codecs.Representation``). Stored
+[n_queries, n]`` (``core.codecs.Representation``). Stored
 vectors are what a corpus keeps, so both sentences of an STS pair and every
 golden-set document go through encode/decode; queries are only reduced.
 """
@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from pipelines.evaluation import metrics
-from pipelines.evaluation.metrics import TopK
+from core.evaluation import metrics
+from core.evaluation.metrics import TopK
 
 
 def stored(representation, x: np.ndarray) -> np.ndarray:

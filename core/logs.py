@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-OWN = ("pipelines", "transforms", "trainer")
+OWN = ("pipelines", "transforms", "trainer", "core")
 BENIGN = ("Could not find cuda drivers", "All log messages before absl::InitializeLog", "cpu_feature_guard",
           "To enable the following instructions", "failed call to cuInit", "Resource module is not available",
           "Discarding unparseable args", "Tensorflow Transform is running in tf.compat.v1 mode",
@@ -28,7 +28,7 @@ BENIGN = ("Could not find cuda drivers", "All log messages before absl::Initiali
 
 
 _WORKER_MESSAGE = re.compile(r'message: "((?:[^"\\]|\\.)*)"')
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _OWN_LOCATION = re.compile('log_location: "%s/(?:%s)/' % (re.escape(_REPO), "|".join(OWN)))
 
 

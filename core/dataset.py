@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from pipelines.common import files, manifests, records
-from pipelines.common.errors import ArtifactError, DataError
+from core import files, manifests, records
+from core.errors import ArtifactError, DataError
 
 KINDS = ("embeddings", "reduced")
 DATA_PREFIX = "data"  # shards are data-SSSSS-of-NNNNN.tfrecord (or .parquet)

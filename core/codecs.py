@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from pipelines.common import files, manifests, quantization, reducers
-from pipelines.common.errors import ArtifactError
-from pipelines.common.pq import PQCodec
+from core import files, manifests, quantization, reducers
+from core.errors import ArtifactError
+from core.pq import PQCodec
 
 KIND = "codec"
 PQ_INDEX = "index.faiss"

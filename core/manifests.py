@@ -13,8 +13,8 @@ import json
 import platform
 from importlib import metadata
 
-from pipelines.common import files
-from pipelines.common.errors import ArtifactError
+from core import files
+from core.errors import ArtifactError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2

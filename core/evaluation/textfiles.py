@@ -17,7 +17,7 @@ def is_url(path: str | os.PathLike) -> bool:
 
 def join(directory: str | os.PathLike, *parts: str) -> str:
     if is_url(directory):
-        from pipelines.common import files  # Beam's FileSystems, only where a URL needs them
+        from core import files  # Beam's FileSystems, only where a URL needs them
 
         return files.join(str(directory), *parts)
     return str(Path(directory, *parts))
@@ -25,7 +25,7 @@ def join(directory: str | os.PathLike, *parts: str) -> str:
 
 def is_file(path: str) -> bool:
     if is_url(path):
-        from pipelines.common import files
+        from core import files
 
         return files.exists(path)
     return Path(path).is_file()
@@ -34,7 +34,7 @@ def is_file(path: str) -> bool:
 def open_text(path: str, encoding: str = "utf-8") -> io.TextIOBase:
     """A text file from a local path or any filesystem Beam supports (gs://, s3://...)."""
     if is_url(path):
-        from pipelines.common import files
+        from core import files
 
         return io.StringIO(files.read_bytes(path).decode(encoding), newline=None)  # newlines as open() reads them
     return open(path, encoding=encoding)
@@ -43,7 +43,7 @@ def open_text(path: str, encoding: str = "utf-8") -> io.TextIOBase:
 
 def read_bytes(path: str) -> bytes:
     if is_url(path):
-        from pipelines.common import files
+        from core import files
 
         return files.read_bytes(path)
     return Path(path).read_bytes()

@@ -16,7 +16,7 @@ from typing import Callable
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.common import files, manifests
+from core import files, manifests
 
 log = logging.getLogger(__name__)
 RUN_MANIFEST = "run_manifest.json"

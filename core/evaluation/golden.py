@@ -5,7 +5,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from pipelines.evaluation.textfiles import is_file, join, open_text
+from core.evaluation.textfiles import is_file, join, open_text
 
 @dataclass
 class GoldenSet:

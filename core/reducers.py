@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from pipelines.common import files, manifests
-from pipelines.common.errors import ArtifactError
+from core import files, manifests
+from core.errors import ArtifactError
 
 KINDS = ("pca", "autoencoder")
 IDENTITY = "identity"  # the raw vectors, as a reducer that changes nothing

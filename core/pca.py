@@ -1,4 +1,4 @@
-"""PCA in plain numpy: the reference the tf.Transform fit is tested and benchmarked against.
+"""PCA algebra in plain numpy: explained variance, projection, and the reference fit tf.Transform is tested against.
 
 Same conventions as ``tft.pca``: biased covariance (divide by n), components
 are the eigenvectors of the *centered* covariance sorted by decreasing
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from transforms.pca import explained_variance_ratio
 
 
 def covariance(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -54,3 +53,14 @@ def align_signs(components: np.ndarray, reference: np.ndarray) -> np.ndarray:
     signs = np.sign(np.sum(components * reference, axis=0))
     signs[signs == 0] = 1
     return components * signs
+
+
+def explained_variance_ratio(cov: np.ndarray, components: np.ndarray) -> np.ndarray:
+    """Share of the total variance (trace of ``cov``) along each component.
+
+    ``v' C v`` equals the eigenvalue for an exact eigenvector, so this works
+    on components found elsewhere (tf.Transform) without trusting their order.
+    """
+    total = float(np.trace(cov))
+    along = np.einsum("ij,ik,kj->j", components, cov, components)
+    return along / total if total > 0 else np.zeros_like(along)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import os
 
-from pipelines.common import files
-from pipelines.evaluation import frontier
+from core import files
+from core.evaluation import frontier
 
 RAW = "raw"
 

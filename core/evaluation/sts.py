@@ -11,7 +11,7 @@ import os
 import tarfile
 from pathlib import Path
 
-from pipelines.evaluation.textfiles import is_file, join, read_bytes
+from core.evaluation.textfiles import is_file, join, read_bytes
 
 STS_SPLITS = ("train", "dev", "test")
 STS_URL = "http://ixa2.si.ehu.eus/stswiki/images/4/48/Stsbenchmark.tar.gz"
