@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import io
+
 import numpy as np
-import tensorflow as tf
 
 from core import files, manifests, quantization, reducers
 from core.errors import ArtifactError
@@ -29,6 +30,7 @@ from core.pq import PQCodec
 
 KIND = "codec"
 PQ_INDEX = "index.faiss"
+RANGES = "codec.npz"
 CODE_KINDS = ("int8", "pq")
 
 
@@ -43,6 +45,7 @@ class Representation:
     reducer: object | None = None  # dense: callable [n, 512] -> [n, k]
     codec: object | None = None  # quantization codec (dense) or PQCodec
     artifact: str | None = None  # the codec artifact, when one was fitted
+    digest: str | None = None  # the codec artifact's content digest
 
     @property
     def dense(self) -> bool:
@@ -74,10 +77,24 @@ class Representation:
         """Dimension of decoded vectors."""
         return self.reducer.output_dim if self.dense else self.codec.d
 
-    def summary(self) -> dict:
-        """What a reduced dataset's manifest records about how its rows are stored."""
+    def source(self) -> tuple[str, str] | None:
+        """(path, content digest) of the artifact that decides the stored rows; None for the raw vectors."""
+        if self.artifact is not None:
+            return self.artifact, self.digest
+        if isinstance(self.reducer, reducers.Identity):
+            return None
+        return self.reducer.path, self.reducer.digest
+
+    def summary(self, dataset_dir: str) -> dict:
+        """What a reduced dataset's manifest records about how its rows are stored, and with which artifact.
+
+        The artifact is named by identity (its digest) and by location: absolute, and relative to the
+        dataset (so a moved work directory keeps working).
+        """
+        source = self.source()
         return {"name": self.name, "family": self.family, "precision": self.precision,
-                "bytes_per_vector": self.bytes_per_vector, "codec": self.artifact,
+                "bytes_per_vector": self.bytes_per_vector, "dim": self.dim,
+                "artifact": manifests.reference(source[0], source[1], dataset_dir) if source else None,
                 "reducer": self.reducer.summary() if self.dense else None}
 
     def scores(self, queries: np.ndarray, decoded: np.ndarray) -> np.ndarray:
@@ -97,25 +114,32 @@ def name_of(family: str, dim: int, precision: str) -> str:
     return f"pq-{dim}" if precision == "pq" else f"{family}-{dim}/{precision}"
 
 
-def dense(reducer, family: str, precision: str, codec=None, artifact: str | None = None) -> Representation:
+def dense(reducer, family: str, precision: str, codec=None, artifact: str | None = None,
+          digest: str | None = None) -> Representation:
     """A dense representation of a loaded reducer at ``precision`` (int8 needs its fitted codec)."""
     codec = codec or quantization.fit_codec(precision)
     dim = reducer.output_dim
     return Representation(name_of(family, dim, precision), family, precision,
-                          quantization.bytes_per_vector(dim, precision), reducer, codec, artifact)
+                          quantization.bytes_per_vector(dim, precision), reducer, codec, artifact, digest)
 
 
 def load(path: str, input_dim: int | None = None) -> Representation:
-    """The representation a codec artifact holds (int8 over its reducer, or pq)."""
-    manifest = manifests.read(path, KIND)
+    """The representation a codec artifact holds (int8 over its reducer, or pq), every file checked."""
+    manifest = manifests.read(path, KIND, verify="full")
     if manifest.get("codec") == "pq":
         codec = load_pq(path, manifest["input_dim"], manifest["bytes_per_vector"])
-        return Representation(name_of("pq", codec.code_size, "pq"), "pq", "pq", codec.code_size, None, codec, path)
+        return Representation(name_of("pq", codec.code_size, "pq"), "pq", "pq", codec.code_size, None, codec, path,
+                              manifest["digest"])
     if manifest.get("codec") != "int8":
         raise ArtifactError(f"{path}: unknown codec {manifest.get('codec')!r}; expected one of {CODE_KINDS}")
-    reducer = load_reducer(manifest["reducer"], manifest["input_dim"])
-    codec = quantization.codec_from_dict({"precision": "int8", "lo": manifest["lo"], "hi": manifest["hi"]})
-    return dense(reducer, manifest["family"], "int8", codec, path)
+    if manifest.get("head") is None:
+        reducer = reducers.Identity(manifest["input_dim"])
+    else:
+        reducer = reducers.Reducer(path, manifest, reducers.Head.load(path, manifest["head"]), manifest["family"])
+    codec = quantization.Int8Codec(*_ranges(path))
+    if codec.dim != reducer.output_dim:
+        raise ArtifactError(f"{path}: int8 ranges for {codec.dim} dims, the reducer writes {reducer.output_dim}")
+    return dense(reducer, manifest["family"], "int8", codec, path, manifest["digest"])
 
 
 def open_representation(spec: str, precision: str, input_dim: int) -> Representation:
@@ -124,7 +148,7 @@ def open_representation(spec: str, precision: str, input_dim: int) -> Representa
     ``spec`` is a codec artifact (int8 or pq: it decides the output), a reducer
     artifact or ``identity`` (written as float32 or float16).
     """
-    if spec != reducers.IDENTITY and manifests.read(spec).get("kind") == KIND:
+    if spec != reducers.IDENTITY and manifests.read(spec, verify="none").get("kind") == KIND:
         representation = load(spec, input_dim)
     else:
         if precision not in ("float32", "float16"):
@@ -135,6 +159,16 @@ def open_representation(spec: str, precision: str, input_dim: int) -> Representa
     if input_of != input_dim:
         raise ArtifactError(f"{spec} takes {input_of}-d vectors, the data holds {input_dim}-d vectors")
     return representation
+
+
+def from_summary(summary: dict, dataset_dir: str, input_dim: int) -> Representation:
+    """The representation a reduced dataset was written in, from the artifact it names (digest checked)."""
+    if not isinstance(summary, dict) or summary.get("precision") not in (*quantization.PRECISIONS, "pq"):
+        raise ArtifactError(f"{manifests.path(dataset_dir)} is corrupt: no valid 'representation'")
+    precision = summary["precision"] if summary["precision"] in ("float32", "float16") else "float32"
+    if summary.get("artifact") is None:
+        return dense(reducers.Identity(input_dim), "raw", precision)
+    return open_representation(manifests.resolve_reference(summary["artifact"], dataset_dir), precision, input_dim)
 
 
 def load_pq(path: str, input_dim: int, code_size: int | None = None) -> PQCodec:
@@ -158,41 +192,49 @@ def family_of(reducer) -> str:
     return "raw" if isinstance(reducer, reducers.Identity) else reducer.kind
 
 
-def save_int8_head(directory: str, reducer, codec: quantization.Int8Codec) -> str:
-    """Export reduce + quantize / dequantize as one SavedModel (``head/``) with three signatures."""
-    module = Int8Head(reducer, codec)
-    path = files.join(directory, reducers.HEAD_DIR)
-    tf.saved_model.save(module, path, signatures={reducers.SIGNATURE: module.serve, "quantize": module.quantize,
-                                                  "dequantize": module.dequantize})
-    return path
+def _ranges(path: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(io.BytesIO(files.read_bytes(files.join(path, RANGES))), allow_pickle=False) as data:
+            return np.asarray(data["lo"]), np.asarray(data["hi"])
+    except (ValueError, OSError, KeyError) as e:
+        raise ArtifactError(f"{path}/{RANGES} is not a readable array file with 'lo' and 'hi': {e}") from None
 
 
-class Int8Head(tf.Module):
-    """Computes exactly ``quantization.Int8Codec`` on top of the reducer's own head (none for identity)."""
+def save_int8(directory: str, reducer, codec: quantization.Int8Codec) -> dict:
+    """Write an int8 codec's arrays (its ranges, and its reducer's weights) and the serving export.
 
-    def __init__(self, reducer, codec: quantization.Int8Codec):
-        super().__init__(name="int8_head")
-        self.head = None if isinstance(reducer, reducers.Identity) else reducer.loaded
-        self.lo = tf.Variable(codec.lo, trainable=False, name="lo")
-        self.hi = tf.Variable(codec.hi, trainable=False, name="hi")
-        self.scale = tf.Variable(codec.scale, trainable=False, name="scale")
-        spec = tf.TensorSpec([None, reducer.input_dim], tf.float32, name=reducers.INPUT_NAME)
-        self.serve = tf.function(self._serve, input_signature=[spec])
-        self.quantize = tf.function(self._quantize, input_signature=[spec])
-        self.dequantize = tf.function(self._dequantize,
-                                      input_signature=[tf.TensorSpec([None, codec.dim], tf.int8, name="codes")])
+    Returns the manifest fields that say how to load it (``head``: the reducer's steps, or None for the raw vectors).
+    """
+    buffer = io.BytesIO()
+    np.savez(buffer, lo=codec.lo, hi=codec.hi)
+    files.write_atomic(files.join(directory, RANGES), buffer.getvalue())
+    head = reducer.head
+    entry = head.save(directory) if head is not None else None
+    export_int8_saved_model(files.join(directory, reducers.HEAD_DIR), head, reducer.input_dim, codec)
+    return {"head": entry, "ranges": RANGES}
 
-    def _reduce(self, embedding):
-        if self.head is None:
-            return embedding
-        return self.head.signatures[reducers.SIGNATURE](**{reducers.INPUT_NAME: embedding})[reducers.OUTPUT_NAME]
 
-    def _serve(self, embedding):
-        return {reducers.OUTPUT_NAME: self._reduce(embedding)}
+def export_int8_saved_model(path: str, head, input_dim: int, codec: quantization.Int8Codec) -> None:
+    """reduce + quantize / dequantize as one SavedModel with three signatures (for serving; never loaded here)."""
+    import tensorflow as tf
 
-    def _quantize(self, embedding):
-        x = tf.clip_by_value(self._reduce(embedding), self.lo, self.hi)
-        return {"codes": tf.cast(tf.round((x - self.lo) / self.scale) - 128.0, tf.int8)}
+    module = tf.Module(name="int8_head")
+    module.reducer = reducers.tf_module(head) if head is not None else None
+    module.lo, module.hi, module.scale = (tf.Variable(v, trainable=False, name=n)
+                                          for v, n in ((codec.lo, "lo"), (codec.hi, "hi"), (codec.scale, "scale")))
+    reduce = module.reducer.reduce if module.reducer is not None else tf.identity
+    spec = tf.TensorSpec([None, input_dim], tf.float32, name=reducers.INPUT_NAME)
 
-    def _dequantize(self, codes):
-        return {reducers.OUTPUT_NAME: (tf.cast(codes, tf.float32) + 128.0) * self.scale + self.lo}
+    def quantize(embedding):
+        x = tf.clip_by_value(reduce(embedding), module.lo, module.hi)
+        return {"codes": tf.cast(tf.round((x - module.lo) / module.scale) - 128.0, tf.int8)}
+
+    def dequantize(codes):
+        return {reducers.OUTPUT_NAME: (tf.cast(codes, tf.float32) + 128.0) * module.scale + module.lo}
+
+    signatures = {reducers.SIGNATURE: tf.function(lambda embedding: {reducers.OUTPUT_NAME: reduce(embedding)},
+                                                  input_signature=[spec]),
+                  "quantize": tf.function(quantize, input_signature=[spec]),
+                  "dequantize": tf.function(dequantize, input_signature=[
+                      tf.TensorSpec([None, codec.dim], tf.int8, name="codes")])}
+    tf.saved_model.save(module, path, signatures=signatures)

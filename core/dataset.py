@@ -17,7 +17,6 @@ from core.errors import ArtifactError, DataError
 
 KINDS = ("embeddings", "reduced")
 DATA_PREFIX = "data"  # shards are data-SSSSS-of-NNNNN.tfrecord (or .parquet)
-OWNED = (f"{DATA_PREFIX}-*", "deadletter/*", records.SCHEMA_FILE)  # what a job writing a dataset owns
 HOLDOUT_BUCKETS = 1000
 
 
@@ -31,7 +30,7 @@ class EmbeddingDataset:
 
     @classmethod
     def open(cls, directory: str, kinds: str | tuple[str, ...] = "embeddings") -> EmbeddingDataset:
-        manifest = manifests.read(directory, kinds)
+        manifest = manifests.read(directory, kinds, verify="none")  # shards are checked below, as DataError
         listed = manifest.get("shards")
         if not isinstance(listed, list) or not isinstance(manifest.get("records"), int):
             raise ArtifactError(f"{manifests.path(directory)} is corrupt: no shard list or record count")
@@ -93,6 +92,11 @@ class EmbeddingDataset:
     @property
     def fingerprint(self) -> str | None:
         return self.manifest.get("fingerprint")
+
+    @property
+    def digest(self) -> str:
+        """The dataset's identity: a digest of every file it holds."""
+        return self.manifest["digest"]
 
     def check_count(self, read: int, by: str) -> None:
         """Fail unless ``read`` records is what the manifest says the shards hold."""

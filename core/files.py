@@ -7,6 +7,7 @@ Beam's layer cannot (exclusive create, directory walks, atomic rename).
 from __future__ import annotations
 
 import os
+import posixpath
 import uuid
 from typing import BinaryIO
 
@@ -32,6 +33,19 @@ def relative(path: str, directory: str) -> str:
     if not path.startswith(directory + "/"):
         raise ValueError(f"{path} is not inside {directory}")
     return path[len(directory) + 1:]
+
+
+def relative_path(path: str, directory: str) -> str | None:
+    """``path`` relative to ``directory`` (``..`` allowed), or None when they are on different filesystems."""
+    if is_url(path) != is_url(directory):
+        return None
+    if not is_url(path):
+        return os.path.relpath(os.path.abspath(path), os.path.abspath(directory))
+    (scheme_a, rest_a), (scheme_b, rest_b) = (str(p).split("://", 1) for p in (path, directory))
+    root_a, root_b = rest_a.split("/", 1)[0], rest_b.split("/", 1)[0]
+    if (scheme_a, root_a) != (scheme_b, root_b):
+        return None
+    return posixpath.relpath("/" + rest_a, "/" + rest_b)
 
 
 def exists(path: str) -> bool:

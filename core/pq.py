@@ -73,6 +73,11 @@ class PQCodec:
             raise ArtifactError(f"PQ codec has unsupported metric type {pq.metric_type}")
         if pq.search_type != faiss.IndexPQ.ST_PQ:
             raise ArtifactError(f"PQ codec has search type {pq.search_type}, expected plain PQ (ADC)")
+        if not np.isfinite(faiss.vector_to_array(pq.pq.centroids)).all():
+            raise ArtifactError("PQ codec has NaN or infinite centroids")
+        if self.opq and not np.isfinite(faiss.vector_to_array(
+                faiss.downcast_VectorTransform(self.index.chain.at(0)).A)).all():
+            raise ArtifactError("PQ codec's OPQ rotation holds NaN or infinite values")
 
     @property
     def d(self) -> int:

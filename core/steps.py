@@ -17,6 +17,7 @@ from typing import Callable
 from apache_beam.io.filesystems import FileSystems
 
 from core import files, manifests
+from core.errors import ArtifactError
 
 log = logging.getLogger(__name__)
 RUN_MANIFEST = "run_manifest.json"
@@ -54,12 +55,28 @@ class RunState:
         return files.join(self.workdir, relative)
 
     def is_done(self, step: Step) -> bool:
-        record = self.steps.get(step.name)
-        return (record is not None and record["key"] == manifests.fingerprint(step.key)
-                and files.exists(manifests.path(self.abs(step.output))))
+        """Whether the step's output is the one this run recorded, for the same key.
+
+        An output this run did not write (no record, or another digest: dropped in or replaced by hand) is
+        refused, never used nor replaced.
+        """
+        record = self.steps.get(step.name) or {}
+        output = self.abs(step.output)
+        if not files.exists(manifests.path(output)):
+            return False
+        try:
+            digest = manifests.identity(output)["digest"]
+        except ArtifactError:
+            digest = None
+        if digest != record.get("digest") and not record.get("running"):
+            raise ArtifactError(f"{output} holds an output this run did not write (its digest is not the one "
+                                f"{self.path} recorded for step {step.name}); move it away or delete it: run "
+                                "neither uses nor replaces it")
+        return record.get("key") == manifests.fingerprint(step.key) and not record.get("running")
 
     def record(self, step: Step, seconds: float, summary: dict) -> None:
         self.steps[step.name] = {"key": manifests.fingerprint(step.key), "output": step.output,
+                                 "digest": manifests.identity(self.abs(step.output))["digest"],
                                  "seconds": round(seconds, 2), **summary,
                                  "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         self.save()
@@ -70,10 +87,12 @@ class RunState:
 
     def execute(self, step: Step, force: bool = False) -> bool:
         """Run ``step`` unless it is done; True if it ran. Prints one line per step."""
-        if not force and self.is_done(step):
+        if self.is_done(step) and not force:  # checked with --force too: a foreign output is never replaced
             log.info("step %-14s up to date, skipped (%s)", step.name, step.output)
             return False
         log.info("step %-14s running -> %s", step.name, step.output)
+        self.steps[step.name] = {**self.steps.get(step.name, {}), "running": True}
+        self.save()
         start = time.monotonic()
         manifest = step.action() or {}
         seconds = time.monotonic() - start

@@ -16,6 +16,7 @@ import importlib
 import logging
 import os
 import re
+import signal
 import sys
 import traceback
 
@@ -62,27 +63,50 @@ def one_line(error: BaseException) -> str:
         found = re.search(rf"\b({'|'.join(NAMES)}): (.+?)(?: \[while running [^\]]*\])?(?:\n|$)", text)
         if found:
             return f"{found.group(1)}: {found.group(2)}"
-    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    if not str(error).strip():  # e.g. a bare AssertionError: say where, and that it is ours to fix
+        frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+        where = f" at {os.path.basename(frame.filename)}:{frame.lineno}" if frame else ""
+        return (f"internal error: {type(error).__name__}{where} with no message; please report it with the "
+                "output of SHRINK_DEBUG=1")
+    first = text.strip().splitlines()[0]
     return first if len(first) <= 600 else first[:600] + " ..."
+
+
+_INTERRUPTED = {"flag": False}
+
+
+def _on_sigint(signum, frame) -> None:
+    """First Ctrl-C: silence every logger (Beam's threads would print their own tracebacks) and interrupt."""
+    _INTERRUPTED["flag"] = True
+    logging.disable(logging.CRITICAL)
+    raise KeyboardInterrupt
 
 
 def run_job(module_name: str, argv: list[str], verbose: bool = False) -> int:
     """Run ``module.main(argv)``; return the process exit code it deserves."""
     logs.setup(verbose)
+    signal.signal(signal.SIGINT, _on_sigint)
     try:
         importlib.import_module(module_name).main(argv)
         return 0
     except SystemExit as e:  # argparse: --help is 0, a usage error 2
         return e.code if isinstance(e.code, int) else 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return _interrupted()
     except Exception as e:  # noqa: BLE001 - the top level turns any failure into a message
+        if _INTERRUPTED["flag"]:  # a runner turned the interrupt into its own error
+            return _interrupted()
         if os.environ.get("SHRINK_DEBUG"):
             traceback.print_exc()
         print(f"error: {one_line(e)}", file=sys.stderr)
         print("(set SHRINK_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+
+
+def _interrupted() -> int:
+    print("interrupted: the output is left incomplete (no manifest); run the same command again to redo it",
+          file=sys.stderr)
+    return 130
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -111,6 +111,10 @@ def check_counts(result, config: EmbedConfig, previous: list[EmbeddingDataset]) 
     """Reconciled counts; fails on lost records, short previous outputs or (unless allowed) partial files."""
     counts = reconcile_embedding(counter_values(result, NAMESPACE), config.allow_partial_files,
                                  files.join(config.output, DEADLETTER_DIR))
+    if counts["read"] and not (counts["embedded"] or counts["duplicate"] or counts["already_embedded"]):
+        reasons = {k[len("dead_letter_"):]: v for k, v in counts.items() if k.startswith("dead_letter_") and v}
+        raise InputError(f"all {counts['read']} records read were dead-lettered ({reasons}); nothing was embedded. "
+                         f"Their reasons are in {files.join(config.output, DEADLETTER_DIR)}")
     if previous:
         read = counter_values(result, "previous").get("read", 0)
         if read != sum(d.records for d in previous):
@@ -122,11 +126,12 @@ def check_counts(result, config: EmbedConfig, previous: list[EmbeddingDataset]) 
 def run(config: EmbedConfig, options: PipelineOptions) -> dict:
     """Embed the corpus into ``config.output``; returns the manifest."""
     validate_spec(config.encoder)
-    check_patterns(config.input)
+    OutputDir(config.output, "embeddings", "", [*config.input, *config.previous]).check()
+    paths = check_patterns(config.input)
     previous = open_previous(config)
-    params = {**config.params(), "previous": [[files.absolute(d.directory), d.fingerprint] for d in previous]}
-    out = OutputDir(config.output, "embeddings", manifests.fingerprint(params), dataset.OWNED)
-    options = with_local_workers(options, [path for pattern in config.input for path in files.list_files(pattern)])
+    params = {**config.params(), "previous": [[files.absolute(d.directory), d.digest] for d in previous]}
+    out = OutputDir(config.output, "embeddings", manifests.fingerprint(params), [*config.input, *config.previous])
+    options = with_local_workers(options, paths)
     with out.claim(config.overwrite):
         handler = EncoderModelHandler(config.encoder, threads=config.encoder_threads or None,
                                       processes_per_machine=processes_per_machine(options),
@@ -137,7 +142,7 @@ def run(config: EmbedConfig, options: PipelineOptions) -> dict:
         counts = check_counts(run_and_wait(p), config, previous)
         elapsed = time.monotonic() - start
         records.write_schema(records.make_schema(config.embedding_dim), config.output)
-        shards = files.list_files(files.join(config.output, f"{dataset.DATA_PREFIX}-*"))
+        shards = out.written_shards()
         manifest = out.commit({
             **params, "counts": counts, "records": counts["embedded"], "dim": config.embedding_dim,
             "has_text": True, "shards": shard_entries(config.output, shards),

@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 RAW = "raw"
 K = 10
 COMPACT_BYTES = 128  # representations this small get a two-stage row when a raw int8 codec is given
-OWNED = ("report.json", "report.md", "*.png")
 
 
 @dataclass(frozen=True)
@@ -267,7 +266,7 @@ def _two_stage_row(first: str, fine: str, reps: dict, fidelity: dict, config: Ev
 
 def specs(reps: dict, report: dict) -> dict:
     """name -> how ``reduce`` writes it: ``{reducer (or codec artifact), dtype}``, or two-stage ``{stages}``."""
-    out = {name: {"reducer": rep.artifact or rep.reducer.path,
+    out = {name: {"reducer": rep.artifact or rep.reducer.path, "digest": (rep.source() or (None, "identity"))[1],
                   "dtype": rep.precision if rep.precision in ("float32", "float16") else "float32"}
            for name, rep in reps.items()}
     for row in report.get("frontier", {}).get("rows", []):
@@ -325,9 +324,10 @@ def run(config: EvaluateConfig, options=None) -> dict:
         reducers.check_input_dim(r, dataset.dim, config.embeddings)
     names = reducer_names(loaded)
     reps = representations(config, dataset.dim, loaded, names)
-    params = {**config.params(), "embeddings_fingerprint": dataset.fingerprint,
-              "artifacts": [manifests.read(p).get("fingerprint") for p in (*config.reducer, *config.codec)]}
-    out = OutputDir(config.output, "report", manifests.fingerprint(params), OWNED)
+    params = {**config.params(), "embeddings_digest": dataset.digest,
+              "artifacts": [manifests.identity(p)["digest"] for p in (*config.reducer, *config.codec)]}
+    reads = [config.embeddings, *config.reducer, *config.codec, config.sts_dir, config.golden_set]
+    out = OutputDir(config.output, "report", manifests.fingerprint(params), reads)
     with out.claim(config.overwrite):
         encoder = load_encoder(dataset.encoder, config.encoder_threads or worker_threads(1))
         report = {"embeddings": config.embeddings, "encoder": dataset.encoder, "input_dim": dataset.dim,

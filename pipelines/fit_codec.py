@@ -45,7 +45,6 @@ from transforms.sinks import DEAD, DEADLETTER_DIR, WriteDeadLetters
 log = logging.getLogger(__name__)
 NAMESPACE = "fit_codec"
 DEFAULT_PQ_SAMPLE = 50_000  # financial slice: 100,000 rows add +0.003 (OPQ64) / +0.002 (OPQ128) recall@10
-OWNED = (f"{reducers.HEAD_DIR}/*", codecs.PQ_INDEX, f"{DEADLETTER_DIR}/*")
 __doc__ = __doc__.format(sample=f"{DEFAULT_PQ_SAMPLE:,}")
 
 
@@ -103,7 +102,7 @@ def sample_fraction(config: FitCodecConfig, total: int) -> float:
 
 
 def build(p: beam.Pipeline, datasets: list[EmbeddingDataset], config: FitCodecConfig, fraction: float,
-          temp_dir: str) -> None:
+          temp_dir: str, reducer_digest: str) -> None:
     """read (counted) -> parse (non-finite out) -> sample -> calibrate (int8) or train (pq)."""
     dim = datasets[0].dim
     parsed = (p
@@ -119,7 +118,7 @@ def build(p: beam.Pipeline, datasets: list[EmbeddingDataset], config: FitCodecCo
         return
     expected = int(sum(d.records for d in datasets) * fraction)
     batches = parsed["columns"] | "Reduce" >> beam.ParDo(
-        codec_fitting.ReduceToArrow(config.reducer, dim, NAMESPACE, expected))
+        codec_fitting.ReduceToArrow(config.reducer, dim, NAMESPACE, expected, reducer_digest))
     with tft_beam.Context(temp_dir=temp_dir, force_tf_compat_v1=True):
         transform_fn = ((batches, codec_fitting.tensor_adapter_config(_output_dim(config, dim)))
                         | "Analyze" >> tft_beam.AnalyzeDataset(codec_fitting.preprocessing_fn))
@@ -146,16 +145,16 @@ def run(config: FitCodecConfig, options: PipelineOptions) -> dict:
     if config.codec == "pq" and (config.m < 1 or datasets[0].dim % config.m):
         raise InputError(f"--m must divide the vector dimension {datasets[0].dim}, got {config.m}")
     fraction = sample_fraction(config, sum(d.records for d in datasets))
-    params = {**config.params(), "inputs": [[files.absolute(d.directory), d.fingerprint] for d in datasets],
-              "reducer": files.absolute(config.reducer) if config.reducer != reducers.IDENTITY else reducers.IDENTITY,
-              "reducer_fingerprint": reducer.manifest.get("fingerprint"), "sample_fraction": fraction}
-    out = OutputDir(config.output, codecs.KIND, manifests.fingerprint(params), OWNED)
+    params = {**config.params(), "inputs": [d.digest for d in datasets], "reducer_digest": reducer.digest,
+              "sample_fraction": fraction}
+    reads = [config.input, *config.extra_input] + ([config.reducer] if config.reducer != reducers.IDENTITY else [])
+    out = OutputDir(config.output, codecs.KIND, manifests.fingerprint(params), reads)
     with out.claim(config.overwrite):
         temp_dir = os.path.join(config.temp_dir or tempfile.gettempdir(), f"fit-codec-{uuid.uuid4().hex[:12]}")
         start = time.monotonic()
         try:
             p = create_pipeline(options)
-            build(p, datasets, config, fraction, temp_dir)
+            build(p, datasets, config, fraction, temp_dir, reducer.digest)
             counts = check_counts(run_and_wait(p), datasets)
             body = _finish(config, reducer, datasets[0].dim, counts, temp_dir)
         finally:
@@ -183,10 +182,10 @@ def _finish(config: FitCodecConfig, reducer, input_dim: int, counts: dict, temp_
         raise InputError(f"no rows to calibrate on in {config.input}")
     lo, hi = codec_fitting.read_ranges(os.path.join(temp_dir, "analyzed", "transform_fn"))
     codec = quantization.Int8Codec(lo, hi)
-    codecs.save_int8_head(config.output, reducer, codec)
+    saved = codecs.save_int8(config.output, reducer, codec)
     return {"codec": "int8", "family": family, "name": codecs.name_of(family, codec.dim, "int8"),
-            "input_dim": input_dim, "dim": codec.dim, "bytes_per_vector": codec.dim, "head": reducers.HEAD_DIR,
-            "rows_analyzed": counts["rows_analyzed"], **codec.to_dict()}
+            "input_dim": input_dim, "dim": codec.dim, "bytes_per_vector": codec.dim, **saved,
+            "serving_head": reducers.HEAD_DIR, "reducer": reducer.summary(), "rows_analyzed": counts["rows_analyzed"]}
 
 
 def main(argv: list[str] | None = None) -> dict:

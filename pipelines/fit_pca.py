@@ -58,7 +58,6 @@ log = logging.getLogger(__name__)
 NAMESPACE = "fit_pca"
 TRANSFORM_FN = "transform_fn"
 TRANSFORMED_METADATA = "transformed_metadata"
-OWNED = (f"{TRANSFORM_FN}/*", f"{TRANSFORMED_METADATA}/*", f"{reducers.HEAD_DIR}/*", f"{DEADLETTER_DIR}/*")
 
 
 @dataclass(frozen=True)
@@ -145,11 +144,9 @@ class FitInputs:
         return self.datasets[0].dim
 
     def params(self) -> dict:
-        out = {"inputs": [[files.absolute(d.directory), d.fingerprint] for d in self.datasets],
-               "sample_fraction": self.fraction}
+        out = {"inputs": [d.digest for d in self.datasets], "sample_fraction": self.fraction}
         if self.queries:
-            out["query_input"] = [files.absolute(self.queries[0].directory), self.queries[0].fingerprint,
-                                  self.queries[1]]
+            out["query_input"] = [self.queries[0].digest, self.queries[1]]
         return out
 
 
@@ -203,9 +200,9 @@ def read_transform_fn(transform_fn_dir: str, probe: np.ndarray) -> tuple[dict, n
     return values, output
 
 
-def make_head(values: dict, config: FitPcaConfig, input_dim: int) -> reducers.LinearHead:
-    mean = values[pca_transform.MEAN] if config.center else np.zeros(input_dim)
-    return reducers.LinearHead(mean, values[pca_transform.MATRIX], config.l2_normalize)
+def make_head(values: dict, config: FitPcaConfig) -> reducers.Head:
+    return reducers.Head.pca(values[pca_transform.MEAN], values[pca_transform.MATRIX], config.center,
+                             config.l2_normalize)
 
 
 def check_rows(result, inputs: FitInputs, config: FitPcaConfig) -> dict:
@@ -225,24 +222,27 @@ def check_rows(result, inputs: FitInputs, config: FitPcaConfig) -> dict:
     return counts
 
 
-def export_head(config: FitPcaConfig, input_dim: int) -> tuple[dict, np.ndarray]:
-    """Build the plain head from the transform_fn, check they agree, save it; the analyzer values."""
+def export_head(config: FitPcaConfig, input_dim: int) -> tuple[dict, np.ndarray, dict]:
+    """The head as arrays (checked against the transform_fn) and its serving export; analyzer values, ratios,
+    and the manifest's ``head`` entry."""
     probe = np.random.default_rng(config.seed).normal(size=(8, input_dim)).astype(np.float32)
     values, expected = read_transform_fn(files.join(config.output, TRANSFORM_FN), probe)
-    head = make_head(values, config, input_dim)
-    got = head(tf.constant(probe)).numpy()
+    head = make_head(values, config)
+    got = head(probe)
     if not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
         raise RuntimeError(f"the head disagrees with the transform_fn (max diff {np.abs(got - expected).max()})")
-    reducers.save_head(head, config.output, input_dim)
-    return values, pca_math.explained_variance_ratio(values[pca_transform.COVARIANCE],
-                                                          values[pca_transform.MATRIX])
+    entry = head.save(config.output)
+    head.export_saved_model(files.join(config.output, reducers.HEAD_DIR))
+    ratio = pca_math.explained_variance_ratio(values[pca_transform.COVARIANCE], values[pca_transform.MATRIX])
+    return values, ratio, entry
 
 
 def run(config: FitPcaConfig, options: PipelineOptions) -> dict:
     """Fit PCA on the inputs into ``config.output``; returns the manifest."""
     inputs = open_inputs(config)
     params = {**config.params(), **inputs.params()}
-    out = OutputDir(config.output, "pca", manifests.fingerprint(params), OWNED)
+    reads = [config.input, *config.extra_input, config.query_input]
+    out = OutputDir(config.output, "pca", manifests.fingerprint(params), reads)
     with out.claim(config.overwrite):
         temp_dir = os.path.join(config.temp_dir or tempfile.gettempdir(), f"fit-pca-{uuid.uuid4().hex[:12]}")
         start = time.monotonic()
@@ -258,7 +258,7 @@ def run(config: FitPcaConfig, options: PipelineOptions) -> dict:
             if tf.io.gfile.exists(temp_dir):
                 tf.io.gfile.rmtree(temp_dir)
         elapsed = time.monotonic() - start
-        values, ratio = export_head(config, inputs.dim)
+        values, ratio, head = export_head(config, inputs.dim)
         eigenvalues = np.diag(values[pca_transform.MATRIX].T @ values[pca_transform.COVARIANCE]
                               @ values[pca_transform.MATRIX])
         manifest = out.commit({
@@ -268,7 +268,7 @@ def run(config: FitPcaConfig, options: PipelineOptions) -> dict:
             "explained_variance_ratio": [round(float(r), 8) for r in ratio],
             "explained_variance_total": float(ratio.sum()), "eigenvalues": [float(v) for v in eigenvalues],
             "transform_fn": TRANSFORM_FN, "transformed_metadata": TRANSFORMED_METADATA,
-            "head": reducers.HEAD_DIR, "seconds": round(elapsed, 2)})
+            "head": head, "serving_head": reducers.HEAD_DIR, "seconds": round(elapsed, 2)})
     log.info("PCA %d -> %d on %d rows keeps %.1f%% of the variance (%.1fs) -> %s", inputs.dim, config.output_dim,
              counts["rows_analyzed"], 100 * ratio.sum(), elapsed, config.output)
     return manifest

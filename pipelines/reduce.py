@@ -114,11 +114,11 @@ def read_columns(p: beam.Pipeline, config: ReduceConfig, source: EmbeddingDatase
 
 
 def build(p: beam.Pipeline, config: ReduceConfig, source: EmbeddingDataset | None, input_dim: int,
-          keep_text: bool, options: PipelineOptions) -> None:
+          keep_text: bool, options: PipelineOptions, artifact_digest: str | None = None) -> None:
     """read (shards or raw text) -> reduce in fixed-size calls -> TFRecord or Parquet, and dead letters."""
     columns, dead = read_columns(p, config, source, options)
     fn = ReduceBatch(config.reducer, config.dtype, input_dim, keep_text, config.format, config.batch_size,
-                     source.records if source else None, progress_share(options))
+                     source.records if source else None, progress_share(options), artifact_digest)
     reduced = columns | "Reduce" >> beam.ParDo(fn).with_outputs(DEAD, main="rows")
     input_shards = len(source.shards) if source is not None else 1
     _ = reduced.rows | "WriteShards" >> WriteInOrder(files.join(config.output, dataset.DATA_PREFIX),
@@ -131,31 +131,36 @@ def check_counts(result, config: ReduceConfig, source: EmbeddingDataset | None) 
     reduced = counter_values(result, NAMESPACE)
     clipped = {"clipped_values": reduced.get("clipped_values", 0)}
     if source is not None:
-        counts = reconcile(reduced, "read", ("written", "dead_letter"))
+        counts = {**reconcile(reduced, "read", ("written", "dead_letter")), **clipped}
         source.check_count(counts["read"], "reduce")
-        return {**counts, **clipped}
-    embedded = reconcile_embedding(counter_values(result, corpus.NAMESPACE), config.allow_partial_files,
-                                   files.join(config.output, DEADLETTER_DIR))
-    return {**reconcile({**reduced, "read": embedded["embedded"]}, "read", ("written", "dead_letter")),
-            **clipped, "embed": embedded}
+    else:
+        embedded = reconcile_embedding(counter_values(result, corpus.NAMESPACE), config.allow_partial_files,
+                                       files.join(config.output, DEADLETTER_DIR))
+        counts = {**reconcile({**reduced, "read": embedded["embedded"]}, "read", ("written", "dead_letter")),
+                  **clipped, "embed": embedded}
+    if counts["read"] and not counts["written"]:
+        reasons = {k[len("dead_letter_"):]: v for k, v in counts.items() if k.startswith("dead_letter_") and v}
+        raise InputError(f"none of the {counts['read']} vectors read could be written ({reasons}); their reasons "
+                         f"are in {files.join(config.output, DEADLETTER_DIR)}")
+    return counts
 
 
 def open_inputs(config: ReduceConfig) -> tuple[EmbeddingDataset | None, codecs.Representation, dict]:
     """The source dataset (or None for raw text), the representation, and the run's parameters; all checked."""
     if config.batch_size < 1:
         raise InputError("--batch_size must be positive")
+    reads = [config.input, *(config.text_input or ())] + ([config.reducer] if config.reducer != reducers.IDENTITY else [])
+    OutputDir(config.output, "reduced", "", reads).check()
     source = EmbeddingDataset.open(config.input) if config.input else None
     if source is None:
         validate_spec(config.encoder)
         corpus.check_patterns(config.text_input)
     representation = codecs.open_representation(config.reducer, config.dtype,
                                                 source.dim if source else config.embedding_dim)
-    spec = config.reducer if config.reducer == reducers.IDENTITY else files.absolute(config.reducer)
-    fingerprint = (representation.artifact and manifests.read(representation.artifact).get("fingerprint")) or \
-        (representation.reducer.manifest.get("fingerprint") if representation.dense else None)
-    params = {**config.params(), "reducer": spec, "reducer_fingerprint": fingerprint}
+    source_artifact = representation.source()
+    params = {**config.params(), "artifact_digest": source_artifact[1] if source_artifact else reducers.IDENTITY}
     if source is not None:
-        params.update(input=files.absolute(config.input), input_fingerprint=source.fingerprint)
+        params.update(input_digest=source.digest)
     return source, representation, params
 
 
@@ -164,20 +169,21 @@ def run(config: ReduceConfig, options: PipelineOptions) -> dict:
     source, representation, params = open_inputs(config)
     keep_text = (source.has_text if source else True) and not config.drop_text
     input_dim = source.dim if source else config.embedding_dim
-    out = OutputDir(config.output, "reduced", manifests.fingerprint(params), dataset.OWNED)
+    reads = [config.input, *(config.text_input or ())] + ([config.reducer] if config.reducer != reducers.IDENTITY else [])
+    out = OutputDir(config.output, "reduced", manifests.fingerprint(params), reads)
     with out.claim(config.overwrite):
         start = time.monotonic()
         p = create_pipeline(options)
-        build(p, config, source, input_dim, keep_text, options)
+        build(p, config, source, input_dim, keep_text, options, params["artifact_digest"])
         counts = check_counts(run_and_wait(p), config, source)
         elapsed = time.monotonic() - start
         if config.format == "tfrecord":
             records.write_schema(records.make_schema(representation.dim, keep_text, representation.codes),
                                  config.output)
-        shards = files.list_files(files.join(config.output, f"{dataset.DATA_PREFIX}-*"))
+        shards = out.written_shards()
         manifest = out.commit({
             **params, "dim": representation.dim, "input_dim": input_dim, "has_text": keep_text,
-            "format": config.format, "codes": representation.codes, "representation": representation.summary(),
+            "format": config.format, "codes": representation.codes, "representation": representation.summary(config.output),
             "bytes_per_vector": representation.bytes_per_vector,
             "encoder": source.encoder if source else config.encoder, "counts": counts, "records": counts["written"],
             "shards": shard_entries(config.output, shards), "seconds": round(elapsed, 2),

@@ -347,6 +347,9 @@ class Flow:
 
 
 PQ_SIZES = (8, 16, 32, 64, 128, 256)
+# Where run writes (relative to the workdir), to check an input glob cannot match any of it.
+STEP_DIRS = ("", "embeddings/", "query_embeddings/", "pca/", "autoencoder/", "codecs/raw-int8/", "report/",
+             "reduced/", "reduced_rescore/", "increments/0001/embeddings/", "increments/0001/reduced/", "tmp/")
 
 
 def pq_sizes(budget: int) -> list[int]:
@@ -384,6 +387,9 @@ def parse(argv: list[str] | None) -> tuple[RunConfig, list[str]]:
         raise InputError("--refit_on_drift goes with --incremental")
     if config.query_sample and not 0 < config.query_share < 1:  # fail now, not after embedding the corpus
         raise InputError(f"--query_share must be in (0, 1), got {config.query_share}")
+    if not 1 <= config.output_dim <= embed.EmbedConfig.embedding_dim:
+        raise InputError(f"--output_dim must be in 1..{embed.EmbedConfig.embedding_dim} (the encoder's dimension), "
+                         f"got {config.output_dim}")
     if config.budget_bytes is not None and config.budget_bytes < PQ_SIZES[0]:
         raise InputError(f"no representation fits {config.budget_bytes} bytes per vector; the smallest is "
                          f"pq-{PQ_SIZES[0]} at {PQ_SIZES[0]} bytes per vector")
@@ -392,7 +398,8 @@ def parse(argv: list[str] | None) -> tuple[RunConfig, list[str]]:
 
 def run(config: RunConfig, options: PipelineOptions, beam_args: list[str] = ()) -> dict:
     start = time.monotonic()
-    with locked(config.workdir):
+    reads = [*config.input, *config.query_sample, config.sts_dir, config.golden_set]
+    with locked(config.workdir, reads, STEP_DIRS):
         flow = Flow(config, options, list(beam_args))
         summary = flow.increment() if config.incremental else flow.full()
     print(f"done in {time.monotonic() - start:.0f} s", flush=True)

@@ -26,6 +26,7 @@ import numpy as np
 from core import codecs, files, reducers
 from core.dataset import KINDS, EmbeddingDataset, iter_batches
 from core.errors import InputError
+from core.textnorm import normalize
 from core.pq import search_index
 from core.encoders import load_encoder
 from core.machine import worker_threads
@@ -72,10 +73,8 @@ def representation_of(dataset: EmbeddingDataset) -> codecs.Representation:
     """How the dataset's rows are stored: raw float32 for an embed output, its manifest's for a reduce output."""
     if dataset.kind == "embeddings":
         return codecs.dense(reducers.Identity(dataset.dim), "raw", "float32")
-    stored = dataset.manifest["representation"]
-    spec = stored["codec"] or stored["reducer"]["path"]
-    return codecs.open_representation(spec, stored["precision"] if stored["precision"] in ("float32", "float16")
-                                      else "float32", dataset.manifest["input_dim"])
+    return codecs.from_summary(dataset.manifest.get("representation"), dataset.directory,
+                               int(dataset.manifest["input_dim"]))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -131,9 +130,22 @@ def raw_queries(args: argparse.Namespace, corpus: Corpus) -> tuple[list[str], np
         if vectors.ndim != 2 or vectors.shape[1] != corpus.dataset.manifest.get("input_dim", corpus.dataset.dim):
             raise InputError(f"{args.query_vectors}: expected [n, {corpus.dataset.manifest.get('input_dim')}] "
                              f"vectors, got {vectors.shape}")
-        return [f"vector {i}" for i in range(len(vectors))], vectors.astype(np.float32)
+        return [f"vector {i}" for i in range(len(vectors))], _checked(vectors.astype(np.float32), args.query_vectors)
+    empty = [i for i, q in enumerate(args.query) if not normalize(q)]
+    if empty:
+        raise InputError(f"query {empty[0] + 1} is empty (nothing but spaces or invisible characters)")
     encoder = load_encoder(corpus.dataset.encoder, args.encoder_threads or worker_threads(1))
-    return args.query, encoder.encode(args.query)
+    return args.query, _checked(encoder.encode([normalize(q) for q in args.query]), "the encoder")
+
+
+def _checked(vectors: np.ndarray, source: str) -> np.ndarray:
+    """Query vectors must be finite and non-zero: a NaN ranks nothing and would return arbitrary rows."""
+    bad = ~np.isfinite(vectors).all(axis=1) | ~(np.abs(vectors) > 0).any(axis=1)
+    if len(vectors) == 0:
+        raise InputError(f"{source}: no query vectors")
+    if bad.any():
+        raise InputError(f"{source}: query {int(np.argmax(bad)) + 1} holds NaN, Inf or only zeros")
+    return vectors
 
 
 def print_results(labels: list[str], corpus: Corpus, rows: np.ndarray, scores: np.ndarray,

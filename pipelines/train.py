@@ -13,6 +13,7 @@ with the same arguments resumes from its last finished epoch.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import logging
 import math
@@ -44,7 +45,6 @@ _HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 CACHE_BYTES = 1024 * 2**20
 STRATEGIES = ("default", "mirrored", "multiworker")
 SCHEDULES = ("constant", "cosine", "plateau")
-OWNED = (f"{reducers.HEAD_DIR}/*", export.KERAS_MODEL_FILE, f"{export.TEXT_MODEL_DIR}/*", "train/*", "deadletter/*")
 
 
 @dataclass(frozen=True)
@@ -196,6 +196,9 @@ def check_config(config: TrainConfig) -> None:
         raise InputError(f"--batch_size must be positive, got {config.batch_size}")
     if config.train_examples < 0:
         raise InputError(f"--train_examples must be 0 (no budget) or positive, got {config.train_examples}")
+    if config.activation not in reducers.ACTIVATIONS:
+        raise InputError(f"--activation must be one of {', '.join(reducers.ACTIVATIONS)} (the exported reducer is "
+                         f"plain data), got {config.activation!r}")
     if not 0 <= config.min_improvement < 1:
         raise InputError(f"--min_improvement is a fraction in [0, 1), got {config.min_improvement}")
 
@@ -388,9 +391,9 @@ def train(config: TrainConfig, extra_callbacks: list | None = None) -> dict:
     """Train, export and write the manifest; returns the manifest ({} on a non-chief worker)."""
     check_config(config)
     datasets = open_all([config.input, *config.extra_input])
-    params = {**config.params(), "inputs": [[files.absolute(d.directory), d.fingerprint] for d in datasets]}
+    params = {**config.params(), "inputs": [d.digest for d in datasets]}
     chief = _is_chief(make_strategy(config.strategy))
-    out = OutputDir(config.output, "autoencoder", manifests.fingerprint(params), OWNED)
+    out = OutputDir(config.output, "autoencoder", manifests.fingerprint(params), [config.input, *config.extra_input])
     if chief:
         out.claim(config.overwrite, resume=True)
     with out:
@@ -402,6 +405,11 @@ def train(config: TrainConfig, extra_callbacks: list | None = None) -> dict:
             log.warning("%d vector(s) hold NaN/Inf and are left out of training (ids in %s)",
                         len(verified.non_finite_ids), out.path("deadletter"))
         train_rows = usable - verified.validation
+        if not (train_rows and verified.validation) and config.val_permille:
+            log.info("%d usable vector(s) leave one of the splits empty: training on all of them, without validation",
+                     usable)
+            config = dataclasses.replace(config, val_permille=0)
+            train_rows, verified = usable, dataclasses.replace(verified, validation=0)
         epochs = planned_epochs(config, train_rows)
         log.info("%s", plan_line(train_rows, verified.validation, config.batch_size, epochs))
         train_dir = out.path("train")
@@ -414,20 +422,21 @@ def train(config: TrainConfig, extra_callbacks: list | None = None) -> dict:
 
 def _export(config: TrainConfig, out: OutputDir, model, final: dict, datasets, verified: data.Verified) -> dict:
     model.save(out.path(export.KERAS_MODEL_FILE))
-    head_dir = export.export_head(model, config.output)
+    head, entry = export.export_head(model, config.output)
     if verified.non_finite_ids:
         files.write_text(out.path("deadletter", "non_finite.jsonl"), "".join(
             dl.dead_letter(dl.NON_FINITE, config.input, None, id_=i, detail="left out of training") + "\n"
             for i in verified.non_finite_ids))
-    body = {"input_dim": datasets[0].dim, "output_dim": model.code_dim, "head": reducers.HEAD_DIR,
+    body = {"input_dim": datasets[0].dim, "output_dim": model.code_dim, "head": entry,
+            "serving_head": reducers.HEAD_DIR,
             "keras_model": export.KERAS_MODEL_FILE, "config": config.model_config(),
             "training": {k: v for k, v in config.params().items() if k not in config.model_config()},
             "epochs_run": _epochs_run(out.path("train")), "final_losses": final,
             "records": verified.records, "records_non_finite": len(verified.non_finite_ids),
-            "source": {"directory": files.absolute(config.input), "fingerprint": datasets[0].fingerprint,
+            "source": {"directory": files.absolute(config.input), "digest": datasets[0].digest,
                        "encoder": datasets[0].encoder}}
     if config.hub_handle:
-        export.export_text_model(config.hub_handle, head_dir, out.path(export.TEXT_MODEL_DIR))
+        export.export_text_model(config.hub_handle, head, out.path(export.TEXT_MODEL_DIR))
         body.update(text_model=export.TEXT_MODEL_DIR, hub_handle=config.hub_handle)
     manifest = out.commit(body)
     losses = ", ".join(f"{k} {v:.4f}" for k, v in final.items() if k in ("loss", "val_loss"))

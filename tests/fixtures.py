@@ -41,10 +41,11 @@ def write_embedding_dataset(directory: str | Path, vectors: np.ndarray, *, num_s
                     writer.write(raw)
         shards.append(str(path))
     records.write_schema(records.make_schema(dim, with_text), str(directory))
+    written = [Path(p).name for p in shards] + [records.SCHEMA_FILE]
     manifests.write(str(directory), kind, {
         "dim": dim, "encoder": "fixture", "records": len(rows) + len(extra_records), "has_text": with_text,
         "shards": shard_entries(str(directory), shards),
-        "fingerprint": manifests.fingerprint({"fixture": str(directory)})})
+        "fingerprint": manifests.fingerprint({"fixture": str(directory)})}, written)
     return rows
 
 
@@ -54,11 +55,13 @@ def write_linear_reducer(directory: str | Path, mean: np.ndarray, matrix: np.nda
     from core import reducers
 
     directory = str(directory)
-    head = reducers.LinearHead(mean, matrix, l2_normalize)
-    reducers.save_head(head, directory, matrix.shape[0])
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    head = reducers.Head.pca(mean, matrix, center=True, l2_normalize=l2_normalize)
+    entry = head.save(directory)
     manifests.write(directory, kind, {
         "input_dim": int(matrix.shape[0]), "output_dim": int(matrix.shape[1]), "l2_normalize": l2_normalize,
-        "fingerprint": manifests.fingerprint({"matrix": matrix.tobytes().hex()[:64], "dir": directory})})
+        "head": entry, "fingerprint": manifests.fingerprint({"matrix": matrix.tobytes().hex()[:64], "dir": directory})},
+        [reducers.WEIGHTS])
     return directory
 
 
@@ -67,3 +70,18 @@ def read_records(directory: str | Path) -> list[dict]:
     data = read_all(str(directory))
     texts = data.get("text") or [None] * len(data["id"])
     return [{"id": i, "text": t, "embedding": v} for i, t, v in zip(data["id"], texts, data["vector"])]
+
+
+def reseal(directory: str | Path, listed: list[str] | None = None, **changes) -> dict:
+    """Rewrite a manifest as a careful forger would: ``changes`` applied, file sizes, sha256 and digest recomputed.
+
+    Tests use it to show what is refused on content, not merely on a digest that no longer adds up.
+    """
+    import json
+
+    path = Path(directory) / "manifest.json"
+    manifest = {**json.loads(path.read_text()), **changes}
+    entries = manifests.file_entries(str(directory), listed or [e["path"] for e in manifest["files"]])
+    manifest.update(files=entries, digest=manifests.content_digest(manifest["kind"], entries))
+    path.write_text(json.dumps(manifest))
+    return manifest

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from core import codecs, manifests, quantization
 from core.dataset import read_all
 from core.errors import ArtifactError, InputError
 from core.pq import PQCodec
-from tests.fixtures import correlated_vectors, write_embedding_dataset, write_linear_reducer
+from tests.fixtures import correlated_vectors, reseal, write_embedding_dataset, write_linear_reducer
 
 REPO = Path(__file__).resolve().parents[1]
 DIM = 64
@@ -46,8 +47,9 @@ def test_int8_ranges_from_tf_transform_match_numpy_and_the_head_codes_like_numpy
     raw = manifests.read(str(work / "raw8"), "codec")
     assert (raw["name"], raw["bytes_per_vector"], raw["rows_analyzed"]) == ("raw-64/int8", 64, 1200)
     lo, hi = quantization.calibrate(x)
-    np.testing.assert_allclose(raw["lo"], lo, atol=1e-6)
-    np.testing.assert_allclose(raw["hi"], hi, atol=1e-6)
+    ranges = codecs.load(str(work / "raw8")).codec
+    np.testing.assert_allclose(ranges.lo, lo, atol=1e-6)
+    np.testing.assert_allclose(ranges.hi, hi, atol=1e-6)
     pca = codecs.load(str(work / "pca8"))
     reduced = pca.query(x)
     np.testing.assert_allclose(pca.codec.lo, reduced.min(axis=0), atol=1e-5)
@@ -98,14 +100,15 @@ def test_clipped_int8_values_are_counted(tmp_path, work):
 
 def test_codec_artifacts_are_checked_on_load(tmp_path, work):
     broken = tmp_path / "broken"
-    broken.mkdir()
-    manifest = json.loads((work / "pq8" / "manifest.json").read_text())
-    (broken / "manifest.json").write_text(json.dumps(manifest))
+    shutil.copytree(work / "pq8", broken)
     (broken / codecs.PQ_INDEX).write_bytes(b"not a faiss index")
+    with pytest.raises(ArtifactError, match="changed since it was written"):
+        codecs.load(str(broken))
+    reseal(broken)
     with pytest.raises(ArtifactError, match="not a readable faiss index"):
         codecs.load(str(broken))
-    (broken / codecs.PQ_INDEX).write_bytes(PQCodec.from_bytes((work / "pq8" / codecs.PQ_INDEX).read_bytes()).to_bytes())
-    (broken / "manifest.json").write_text(json.dumps({**manifest, "input_dim": 32}))
+    (broken / codecs.PQ_INDEX).write_bytes((work / "pq8" / codecs.PQ_INDEX).read_bytes())
+    reseal(broken, input_dim=32)
     with pytest.raises(ArtifactError, match="dimension"):
         codecs.load(str(broken))
     with pytest.raises(ArtifactError, match="needs a codec artifact"):

@@ -28,15 +28,16 @@ from transforms.corpus import DEAD, ReadCorpus
 
 @dataclass
 class Read:
-    records: list[tuple[str, str, str]]  # (id, sentence, source file name)
+    records: list[tuple[str, str, str]]  # (id, sentence, source)
     dead: list[dict]
     counts: dict[str, int]
 
     def texts(self, name: str) -> list[str]:
-        return [s for _, s, source in self.records if source == name]
+        """Sentences from sources of this file name (tar members included, ``ARCHIVE!/dir/name``)."""
+        return [s for _, s, source in self.records if Path(source).name == name]
 
     def ids(self, name: str) -> dict[str, str]:
-        return {i: s for i, s, source in self.records if source == name}
+        return {i: s for i, s, source in self.records if Path(source).name == name}
 
     def dead_in(self, name: str) -> list[dict]:
         return [d for d in self.dead if Path(d["source"]).name == name]
@@ -50,7 +51,7 @@ def read_corpus(tmp_path: Path, patterns: list[str], **kwargs) -> Read:
     out = tmp_path / "out"
     p = create_pipeline(PipelineOptions([]))
     corpus = p | ReadCorpus(patterns, **kwargs)
-    _ = (corpus["records"] | beam.Map(lambda r: json.dumps([r[0], r[1][0], Path(r[1][1]).name]))
+    _ = (corpus["records"] | beam.Map(lambda r: json.dumps([r[0], r[1][0], r[1][1]]))
          | "WriteRecords" >> beam.io.WriteToText(str(out / "records"), shard_name_template=""))
     _ = corpus[DEAD] | "WriteDead" >> beam.io.WriteToText(str(out / "dead"), shard_name_template="")
     counts = counter_values(run_and_wait(p), "embed")

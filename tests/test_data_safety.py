@@ -41,8 +41,8 @@ def test_embed_refuses_a_directory_holding_user_files_and_deletes_nothing(tmp_pa
     with pytest.raises(ArtifactError, match="thesis.txt"):
         embed.main(["--input", str(corpus), "--output", str(out), "--encoder", f"tfhub:{hub}", "--overwrite"])
     assert (out / "thesis.txt").read_text() == "years of work"
-    # the output is the input's own folder: refused, the input intact, nothing marked complete
-    with pytest.raises(ArtifactError, match="corpus.txt"):
+    # the output is the input's own folder: refused before any work, the input intact, nothing marked complete
+    with pytest.raises(InputError, match="overlaps the input .*corpus.txt"):
         embed.main(["--input", str(corpus), "--output", str(corpus.parent), "--encoder", f"tfhub:{hub}"])
     assert len(corpus.read_text().splitlines()) == 60 and not (corpus.parent / "manifest.json").exists()
 
@@ -52,18 +52,18 @@ def test_overwrite_leaves_no_stale_dead_letters(tmp_path, hub, corpus):
     bad.write_bytes(b"\xff\xfe not utf-8\nfine sentence here\n")
     out = tmp_path / "out"
     first = embed.main(["--input", str(bad), "--output", str(out), "--encoder", f"tfhub:{hub}"])
-    assert first["counts"]["dead_letter"] == 1 and any(f.startswith("deadletter/") for f in first["files"])
+    assert first["counts"]["dead_letter"] == 1 and any(f["path"].startswith("deadletter/") for f in first["files"])
     second = embed.main(["--input", str(corpus), "--output", str(out), "--encoder", f"tfhub:{hub}", "--overwrite"])
-    dead = [f for f in second["files"] if f.startswith("deadletter/")]
+    dead = [f["path"] for f in second["files"] if f["path"].startswith("deadletter/")]
     assert second["counts"]["dead_letter"] == 0
     assert all((out / f).read_text() == "" for f in dead)  # the new run's (empty) dead-letter file only
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == \
-        sorted(second["files"] + ["manifest.json"])
+        sorted([f["path"] for f in second["files"]] + ["manifest.json"])
 
 
 def test_a_second_run_into_a_claimed_output_or_workdir_fails_fast(tmp_path, hub, corpus):
     out = tmp_path / "out"
-    holder = outputs.OutputDir(str(out), "embeddings", "other", dataset.OWNED).claim()
+    holder = outputs.OutputDir(str(out), "embeddings", "other").claim()
     with pytest.raises(ArtifactError, match="in use by another run"):
         embed.main(["--input", str(corpus), "--output", str(out), "--encoder", f"tfhub:{hub}"])
     holder.release()
@@ -160,13 +160,14 @@ def test_fit_pca_leaves_non_finite_rows_out(tmp_path):
     assert np.isfinite(json.loads((tmp_path / "pca" / "manifest.json").read_text())["eigenvalues"]).all()
 
 
-def test_reduce_checks_its_outputs(tmp_path, three_shards):
-    matrix = np.eye(64)[:, :8]
-    matrix[3, 2] = np.nan  # a broken reducer: its outputs hold NaN for rows with a non-zero 4th value
-    reducer = write_linear_reducer(tmp_path / "pca", np.zeros(64), matrix)
-    manifest = reduce.main(["--input", str(three_shards), "--reducer", reducer, "--output", str(tmp_path / "r")])
-    counts = manifest["counts"]
-    assert counts["dead_letter_non_finite_output"] == 300 and counts["written"] == 0
+def test_reduce_checks_its_outputs_and_fails_when_it_wrote_nothing(tmp_path, three_shards):
+    # finite weights whose sums overflow float32: every output row holds Inf
+    reducer = write_linear_reducer(tmp_path / "pca", np.full(64, -3e38), np.ones((64, 8)))
+    with pytest.raises(InputError, match=r"none of the 300 vectors read could be written.*non_finite_output"):
+        reduce.main(["--input", str(three_shards), "--reducer", reducer, "--output", str(tmp_path / "r")])
+    dead = [json.loads(line) for f in (tmp_path / "r" / "deadletter").glob("*.jsonl")
+            for line in f.read_text().splitlines()]
+    assert len(dead) == 300 and {d["reason"] for d in dead} == {"non_finite_output"}
 
 
 def test_reduce_tfrecords_are_byte_identical_across_processes(tmp_path, three_shards):

@@ -13,7 +13,7 @@ import pytest
 
 from pipelines import embed
 from core import records
-from core.errors import ArtifactError
+from core.errors import ArtifactError, InputError
 from core.manifests import read as read_manifest
 from core.textnorm import normalize, text_id
 from tests.fixtures import read_records
@@ -127,14 +127,15 @@ def test_every_bad_input_kind_is_dead_lettered_and_counts_reconcile(tmp_path, hu
     assert all(d["source"] for d in dead_letters(out))
 
 
-def test_wrong_dimension_vectors_are_dead_lettered(tmp_path):
+def test_wrong_dimension_vectors_are_dead_lettered_and_nothing_embedded_fails(tmp_path):
     hub300 = save_text_encoder(str(tmp_path / "enc300"), 300)
     path = tmp_path / "c.txt"
     path.write_text("\n".join(SENTENCES) + "\n")
-    manifest, out = run_embed(tmp_path, [str(path)], encoder=f"tfhub:{hub300}")
-    assert manifest["counts"]["dead_letter_wrong_dimension"] == len(SENTENCES)
-    assert manifest["counts"]["embedded"] == 0
-    assert {d["reason"] for d in dead_letters(out)} == {"wrong_dimension"}
+    with pytest.raises(InputError, match=rf"all {len(SENTENCES)} records read were dead-lettered.*wrong_dimension"):
+        run_embed(tmp_path, [str(path)], encoder=f"tfhub:{hub300}")
+    out = tmp_path / "out"
+    assert {d["reason"] for d in dead_letters(out)} == {"wrong_dimension"}  # kept to read why
+    assert not (out / "manifest.json").exists()
 
 
 def test_tfhub_encoder_matches_direct_hub_load(tmp_path, hub512):

@@ -1,6 +1,7 @@
 """Outputs and manifests: a job deletes only what it wrote, claims its output, writes manifests atomically."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -8,15 +9,19 @@ import sys
 
 import pytest
 
-from core import files, manifests, outputs, records
-from core.errors import ArtifactError
+from core import files, layouts, manifests, outputs, records
+from core.errors import ArtifactError, InputError
 from core.outputs import OutputDir
 
-OWNED = ("data-*", "deadletter/*", "schema.pbtxt")
+DEAD = "deadletter/deadletter-00000-of-00001.jsonl"
 
 
-def _commit(directory, fingerprint="fp-a", shards=("data-00000-of-00001.tfrecord",), dead=("deadletter/d-0.jsonl",)):
-    out = OutputDir(str(directory), "embeddings", fingerprint, OWNED).claim(overwrite=True)
+def _paths(manifest: dict) -> list[str]:
+    return [e["path"] for e in manifest["files"]]
+
+
+def _commit(directory, fingerprint="fp-a", shards=("data-00000-of-00001.tfrecord",), dead=(DEAD,)):
+    out = OutputDir(str(directory), "embeddings", fingerprint).claim(overwrite=True)
     for name in (*shards, *dead):
         path = directory / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,9 +30,15 @@ def _commit(directory, fingerprint="fp-a", shards=("data-00000-of-00001.tfrecord
 
 
 def test_manifest_round_trip_and_validation(tmp_path):
-    manifests.write(str(tmp_path), "pca", {"input_dim": 512, "output_dim": 128})
-    manifest = manifests.read(str(tmp_path), "pca")
+    (tmp_path / "reducer.npz").write_bytes(b"weights")
+    manifests.write(str(tmp_path), "pca", {"input_dim": 512, "output_dim": 128}, ["reducer.npz"])
+    manifest = manifests.read(str(tmp_path), "pca", verify="full")
     assert manifest["output_dim"] == 128 and manifest["tool_versions"]["python"]
+    assert manifest["files"][0]["sha256"] == hashlib.sha256(b"weights").hexdigest()
+    (tmp_path / "reducer.npz").write_bytes(b"weighty")  # same size, other bytes
+    manifests.read(str(tmp_path), "pca", verify="size")
+    with pytest.raises(ArtifactError, match="changed since it was written"):
+        manifests.read(str(tmp_path), "pca", verify="full")
     with pytest.raises(ArtifactError, match="expected embeddings"):
         manifests.read(str(tmp_path), "embeddings")
     path = tmp_path / manifests.MANIFEST
@@ -48,57 +59,64 @@ def test_user_files_are_never_deleted_and_a_foreign_directory_is_refused(tmp_pat
     (out / "thesis.txt").write_text("years of work")
     (out / "data-x.tfrecord").write_text("looks like ours, is not")
     with pytest.raises(ArtifactError, match=r"2 file\(s\) this tool did not write.*thesis.txt"):
-        OutputDir(str(out), "embeddings", "fp", OWNED).claim(overwrite=True)
+        OutputDir(str(out), "embeddings", "fp").claim(overwrite=True)
     assert (out / "thesis.txt").read_text() == "years of work" and (out / "data-x.tfrecord").exists()
-    assert not (out / outputs.LOCK).exists() and not (out / outputs.PENDING).exists()
+    assert not (out / layouts.LOCK).exists() and not (out / layouts.PENDING).exists()
 
 
 def test_overwrite_replaces_exactly_the_files_the_manifest_lists(tmp_path):
     out = tmp_path / "d"
     out.mkdir()
     first = _commit(out, shards=("data-00000-of-00002.tfrecord", "data-00001-of-00002.tfrecord"))
-    assert first["files"] == ["data-00000-of-00002.tfrecord", "data-00001-of-00002.tfrecord", "deadletter/d-0.jsonl"]
+    assert _paths(first) == ["data-00000-of-00002.tfrecord", "data-00001-of-00002.tfrecord", DEAD]
     (out / "notes.txt").write_text("mine")  # a user file added to a finished output
     with pytest.raises(ArtifactError, match="different run"):
-        OutputDir(str(out), "embeddings", "fp-b", OWNED).claim(overwrite=False)
+        OutputDir(str(out), "embeddings", "fp-b").claim(overwrite=False)
     second = _commit(out, fingerprint="fp-b", dead=())
     assert (out / "notes.txt").read_text() == "mine"
     assert not (out / "data-00001-of-00002.tfrecord").exists() and not (out / "deadletter").exists()
-    assert second["files"] == ["data-00000-of-00001.tfrecord"]  # stale dead letters gone, not listed
+    assert _paths(second) == ["data-00000-of-00001.tfrecord"]  # stale dead letters gone, not listed
 
 
 def test_an_interrupted_run_is_cleared_by_its_own_patterns(tmp_path):
     out = tmp_path / "d"
-    claim = OutputDir(str(out), "embeddings", "fp", OWNED).claim()
+    claim = OutputDir(str(out), "embeddings", "fp").claim()
     (out / "data-00000-of-00001.tfrecord").write_text("partial")
-    (out / "beam-temp-data-123").mkdir()
-    (out / "beam-temp-data-123" / "x").write_text("temp")
+    temp = out / f"beam-temp-data-{'0' * 32}"
+    temp.mkdir()
+    (temp / "x").write_text("temp")
     claim.release()  # as after a failure: the lock goes, the pending record stays
-    assert (out / outputs.PENDING).exists() and not (out / "beam-temp-data-123" / "x").exists()
+    assert (out / layouts.PENDING).exists() and not (temp / "x").exists()
     (out / "mine.txt").write_text("a user file dropped in meanwhile")
-    OutputDir(str(out), "embeddings", "fp", OWNED).claim()
+    OutputDir(str(out), "embeddings", "fp").claim()
     assert not (out / "data-00000-of-00001.tfrecord").exists() and (out / "mine.txt").exists()
 
 
 def test_a_second_run_fails_fast_while_the_first_holds_the_lock(tmp_path):
     out = tmp_path / "d"
-    first = OutputDir(str(out), "embeddings", "fp", OWNED).claim()
+    first = OutputDir(str(out), "embeddings", "fp").claim()
     with pytest.raises(ArtifactError, match=r"in use by another run .*pid %d.*delete .*\.shrink\.lock" % os.getpid()):
-        OutputDir(str(out), "embeddings", "fp", OWNED).claim()
+        OutputDir(str(out), "embeddings", "fp").claim()
     first.release()
-    OutputDir(str(out), "embeddings", "fp", OWNED).claim().release()
+    OutputDir(str(out), "embeddings", "fp").claim().release()
 
 
 def test_a_lock_left_by_a_dead_process_is_taken_over_and_a_foreign_host_lock_is_reported(tmp_path):
     out = tmp_path / "d"
     out.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    lock = {"host": os.uname().nodename, "pid": int(dead.stdout), "pid_start": 1, "started_utc": "x", "command": "c"}
-    (out / outputs.LOCK).write_text(json.dumps(lock))
-    OutputDir(str(out), "embeddings", "fp", OWNED).claim().release()
-    (out / outputs.LOCK).write_text(json.dumps({**lock, "host": "another-machine"}))
-    with pytest.raises(ArtifactError, match="another-machine"):
-        OutputDir(str(out), "embeddings", "fp", OWNED).claim()
+    me = outputs._identity()
+    lock = {**me, "pid": int(dead.stdout), "pid_start": 1}
+    (out / layouts.LOCK).write_text(json.dumps(lock))
+    OutputDir(str(out), "embeddings", "fp").claim().release()
+    # Not provably dead: another host, another boot of this host's name, another container's pid namespace,
+    # or a lock from before these were recorded. Each is refused with how to clear it.
+    for other in ({"host": "another-machine"}, {"boot_id": "another-boot"}, {"pid_namespace": 1},
+                  {"boot_id": None}):
+        (out / layouts.LOCK).write_text(json.dumps({**lock, **other}))
+        with pytest.raises(ArtifactError, match=r"in use by another run.*another machine or container.*delete"):
+            OutputDir(str(out), "embeddings", "fp").claim()
+        assert (out / layouts.LOCK).exists()
 
 
 def test_manifest_writes_are_atomic_on_failure(tmp_path, monkeypatch):
@@ -122,7 +140,7 @@ def test_manifest_writes_are_atomic_on_failure(tmp_path, monkeypatch):
 
     monkeypatch.setattr(files, "create", FullDisk)
     with pytest.raises(OSError, match="No space"):
-        manifests.write(str(out), "embeddings", {"x": 1})
+        manifests.write(str(out), "embeddings", {"x": 1}, [])
     assert os.listdir(out) == []  # neither a 0-byte manifest nor its temp file
 
 

@@ -14,7 +14,7 @@ from pipelines import reduce as reduce_job
 from core import reducers
 from core.errors import ArtifactError
 from transforms.shards import read_records as shard_records
-from tests.fixtures import correlated_vectors, write_embedding_dataset, write_linear_reducer, read_records
+from tests.fixtures import correlated_vectors, read_records, reseal, write_embedding_dataset, write_linear_reducer
 
 ROWS, DIM, K = 200, 64, 8
 BAD = [b"not a tf.Example", records.encode_example("short", np.ones(10), "t"),
@@ -138,10 +138,13 @@ def test_refuses_missing_or_corrupt_artifact(setup, tmp_path):
         reduce_job.main([*args, "--reducer", str(tmp_path / "empty")])
     art = tmp_path / "art"
     write_linear_reducer(art, fitted["mean"], fitted["components"])
-    (art / "head" / "saved_model.pb").write_bytes(b"garbage")
-    with pytest.raises(ArtifactError, match="cannot be loaded"):
+    (art / "reducer.npz").write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match="changed since it was written"):
         reduce_job.main([*args, "--reducer", str(art)])
-    (art / manifests.MANIFEST).write_text("{not json")
+    reseal(art)  # consistent listing, unreadable weights
+    with pytest.raises(ArtifactError, match="not a readable array file"):
+        reduce_job.main([*args, "--reducer", str(art)])
+    (art / "manifest.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="corrupt"):
         reducers.load_reducer(str(art))
 

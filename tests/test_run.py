@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 
+import numpy as np
 import pytest
 
-
-from core.errors import InputError
+from core.errors import ArtifactError, InputError
 from pipelines import run, sample_corpus
-from tests.fixtures import read_records
+from tests.fixtures import read_records, write_linear_reducer
 from tests.hub_models import save_text_encoder
 
 
@@ -68,7 +69,8 @@ def test_run_end_to_end_then_skip_and_redo(tmp_path, corpus, shared_data):
     # the queries are embedded and PCA refitted with them; what depends on PCA is redone
     assert run.main(aware)["steps_run"][:3] == ["embed-queries", "fit-pca", "evaluate"]
     pca = json.loads((work / "pca" / "manifest.json").read_text())
-    assert pca["query_input"][0] == str(work / "query_embeddings") and pca["query_share"] == 0.25
+    queries = json.loads((work / "query_embeddings" / "manifest.json").read_text())
+    assert pca["query_input"][0] == queries["digest"] and pca["query_share"] == 0.25
     assert pca["rows_analyzed"] > 400
     assert run.main(aware)["steps_run"] == []
 
@@ -117,6 +119,14 @@ def test_incremental_runs_extend_the_corpus_and_refit_on_drift(tmp_path):
     assert third["increments"][-1]["refit"] and third["vectors"] == 385
     assert {"fit-pca", "train", "fit-raw-int8", "evaluate", "reduce", "reduce-0001", "reduce-0002"} <= \
         set(third["steps_run"])
+
+    # A PCA this run did not write, dropped into its step directory: refused, never used nor replaced.
+    shutil.rmtree(work / "pca")
+    write_linear_reducer(work / "pca", np.zeros(512), np.eye(512)[:, :64])
+    for extra in ([], ["--force"]):
+        with pytest.raises(ArtifactError, match="pca holds an output this run did not write"):
+            run.main(base + extra)
+    assert json.loads((work / "pca" / "manifest.json").read_text())["output_dim"] == 64
 
 
 def test_run_rejects_an_unknown_flag_before_doing_any_work(tmp_path):

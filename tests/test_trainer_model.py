@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tests.hub_models import save_text_encoder
 from pipelines import train as task
+from core import reducers
 from trainer import export
 from trainer.model import DenseTied, build_autoencoder, rank_loss, reconstruction_loss, similarity_loss
 
@@ -151,10 +152,11 @@ def test_dense_tied_without_partner_fails_clearly():
 def test_exported_head_gives_the_keras_encoder_codes(tmp_path):
     model = build_autoencoder(DIM, sizes=[12, 6])
     x = _x()
-    head_dir = export.export_head(model, str(tmp_path))
+    head, entry = export.export_head(model, str(tmp_path))
     want = _codes(model, x)
     model.reducer_layers[0].kernel.assign(model.reducer_layers[0].kernel.value + 0.1)  # the live model moves on
-    fn = export.load_head(head_dir)
+    np.testing.assert_allclose(reducers.Head.load(str(tmp_path), entry)(x), want, atol=1e-5)  # the data, as run
+    fn = tf.saved_model.load(str(tmp_path / "head")).signatures["serving_default"]  # the serving export
     assert fn.structured_input_signature[1]["embedding"].shape.as_list() == [None, DIM]
     out = fn(embedding=tf.constant(x))
     assert set(out) == {"reduced"} and out["reduced"].dtype == tf.float32
@@ -165,9 +167,9 @@ def test_exported_head_gives_the_keras_encoder_codes(tmp_path):
 
 def test_text_model_chains_a_hub_encoder_and_the_head(tmp_path):
     model = build_autoencoder(512, sizes=[32, 8])
-    head_dir = export.export_head(model, str(tmp_path))
+    head, _ = export.export_head(model, str(tmp_path))
     hub_dir = save_text_encoder(str(tmp_path / "encoder"))  # a stand-in for USE on TF Hub
-    text_dir = export.export_text_model(hub_dir, head_dir, str(tmp_path / "text_model"))
+    text_dir = export.export_text_model(hub_dir, head, str(tmp_path / "text_model"))
 
     text = tf.constant(["gold rallies", "stocks fall", "gold rallies"])
     fn = tf.saved_model.load(text_dir).signatures["serving_default"]

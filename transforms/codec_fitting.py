@@ -55,12 +55,14 @@ def preprocessing_fn(inputs: dict) -> dict:
 class ReduceToArrow(beam.DoFn):
     """Column batches of raw vectors -> Arrow record batches of reduced vectors (counter ``rows_analyzed``)."""
 
-    def __init__(self, reducer: str, input_dim: int, namespace: str, expected: int | None):
+    def __init__(self, reducer: str, input_dim: int, namespace: str, expected: int | None, digest: str):
         self.reducer_spec, self.input_dim = reducer, input_dim
-        self.namespace, self.expected = namespace, expected
+        self.namespace, self.expected, self.digest = namespace, expected, digest
 
     def setup(self):
         self.reducer = codecs.load_reducer(self.reducer_spec, self.input_dim)
+        if self.reducer.digest != self.digest:
+            raise ArtifactError(f"{self.reducer_spec} changed while the job ran; run the job again")
         self.rows = Metrics.counter(self.namespace, "rows_analyzed")
         self.progress = Progress("rows calibrated", self.expected)
 

@@ -22,6 +22,7 @@ from apache_beam.metrics import Metrics
 
 from core import deadletter as dl
 from core import codecs, files, records
+from core.errors import ArtifactError
 from core.logs import Progress
 from transforms.sinks import DEAD, DeadLetterCounter
 
@@ -159,13 +160,17 @@ class ReduceBatch(beam.DoFn):
     """
 
     def __init__(self, spec: str, precision: str, input_dim: int, keep_text: bool, out_format: str, batch_size: int,
-                 total: int | None = None, share: int | None = 1):
+                 total: int | None = None, share: int | None = 1, digest: str | None = None):
         self.spec, self.precision, self.input_dim = spec, precision, input_dim
         self.keep_text, self.out_format, self.batch_size = keep_text, out_format, batch_size
-        self.total, self.share = total, share
+        self.total, self.share, self.digest = total, share, digest
 
     def setup(self):
         self.rep = codecs.open_representation(self.spec, self.precision, self.input_dim)
+        source = self.rep.source()
+        if self.digest is not None and (source[1] if source else "identity") != self.digest:
+            raise ArtifactError(f"{self.spec} changed while the job ran (its digest is not the one the job "
+                                "started with); run the job again")
         self.schema = parquet_schema(self.rep, self.keep_text)
         self.written = Metrics.counter(NAMESPACE, "written")
         self.clipped = Metrics.counter(NAMESPACE, "clipped_values")
