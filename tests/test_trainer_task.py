@@ -176,6 +176,16 @@ def test_an_empty_dataset_is_a_clear_error(tmp_path):
         task.train(_args(str(empty), tmp_path / "ae"))
 
 
+@pytest.mark.parametrize("rows", [1, 10, 100])
+def test_a_tiny_corpus_with_an_empty_split_trains_without_validation(tmp_path, rows):
+    write_embedding_dataset(tmp_path / "emb", correlated_vectors(rows, 16, seed=rows), num_shards=1)
+    manifest = task.main(["--input", str(tmp_path / "emb"), "--output", str(tmp_path / "ae"), "--epochs", "1",
+                          "--sizes", "8,4", "--batch_size", "8", "--val_permille", "50" if rows > 1 else "500"])
+    assert manifest["epochs_run"] == 1 and manifest["output_dim"] == 4
+    if rows == 1:  # one row leaves one of the splits empty
+        assert "val_loss" not in manifest["final_losses"]
+
+
 def test_non_finite_vectors_are_left_out_and_reported(tmp_path):
     vectors = correlated_vectors(300, DIM, rank=4)
     vectors[7, 3] = np.nan

@@ -1,0 +1,59 @@
+"""The console script: one-line errors, an interrupt is one line and exit 130, flags checked before work."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from core.errors import InputError
+from pipelines import cli, run, sample_corpus
+from tests.hub_models import save_text_encoder
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _raise(error: BaseException) -> BaseException:
+    try:
+        raise error
+    except BaseException as e:  # noqa: BLE001 - to get a traceback
+        return e
+
+
+def test_an_error_without_a_message_still_says_what_and_where():
+    line = cli.one_line(_raise(AssertionError()))
+    assert line.startswith("internal error: AssertionError at test_cli.py:") and "SHRINK_DEBUG=1" in line
+    assert cli.one_line(_raise(ValueError("bad value"))) == "ValueError: bad value"
+    wrapped = RuntimeError("Pipeline failed\nTraceback...\ncore.errors.DataError: shard x is damaged [while running 'R']")
+    assert cli.one_line(wrapped) == "DataError: shard x is damaged"
+
+
+@pytest.mark.parametrize("dim", ["0", "-3", "513"])
+def test_run_rejects_an_output_dim_out_of_range_before_any_work(tmp_path, dim):
+    with pytest.raises(InputError, match=r"--output_dim must be in 1\.\.512"):
+        run.main(["--input", "x.txt", "--workdir", str(tmp_path / "w"), "--output_dim", dim])
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow  # a separate process interrupted mid-run: make test-slow
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
+    hub = save_text_encoder(str(tmp_path / "hub"), 512)
+    corpus = tmp_path / "corpus.txt"
+    sample_corpus.write(str(corpus), 20_000, seed=1)
+    process = subprocess.Popen([sys.executable, "-m", "pipelines.embed", "--input", str(corpus), "--output",
+                                str(tmp_path / "out"), "--encoder", f"tfhub:{hub}", "--max_batch_size", "64"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "out" / ".shrink.lock").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # inside the pipeline
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    lines = [line for line in stderr.splitlines() if line.strip() and not line[:2].isdigit()]
+    assert process.returncode == 130, stderr[-3000:]
+    assert lines == ["interrupted: the output is left incomplete (no manifest); run the same command again to "
+                     "redo it"], stderr[-3000:]
+    assert not (tmp_path / "out" / "manifest.json").exists()
