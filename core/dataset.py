@@ -155,11 +155,7 @@ def _tfrecord_batches(dataset: EmbeddingDataset, shard: str, batch_size: int, wi
     import numpy as np
     import tensorflow as tf
 
-    spec = {records.ID: tf.io.FixedLenFeature([], tf.string)}
-    spec[records.CODES if dataset.codes else records.EMBEDDING] = (
-        tf.io.FixedLenFeature([], tf.string) if dataset.codes else tf.io.FixedLenFeature([dataset.dim], tf.float32))
-    if with_text:
-        spec[records.TEXT] = tf.io.FixedLenFeature([], tf.string)
+    spec = records.feature_spec(dataset.dim, with_text, dataset.codes)
     try:
         for batch in tf.data.TFRecordDataset(shard).batch(batch_size):
             parsed = tf.io.parse_example(batch, spec)

@@ -25,11 +25,16 @@ CODES = "codes"
 SCHEMA_FILE = "schema.pbtxt"
 
 
-def feature_spec(dim: int, with_text: bool = True) -> dict:
-    """The tf.io parsing spec of one record with a ``dim``-long embedding."""
+def feature_spec(dim: int, with_text: bool = True, codes: bool = False) -> dict:
+    """The tf.io parsing spec of one record: a ``dim``-long float ``embedding``, or ``codes`` bytes.
+
+    The one spec every reader uses (Beam jobs, datasets read in memory, the trainer's tf.data input).
+    """
     import tensorflow as tf  # imported here: embed workers never need TensorFlow
 
-    spec = {ID: tf.io.FixedLenFeature([], tf.string), EMBEDDING: tf.io.FixedLenFeature([dim], tf.float32)}
+    spec = {ID: tf.io.FixedLenFeature([], tf.string)}
+    spec[CODES if codes else EMBEDDING] = (tf.io.FixedLenFeature([], tf.string) if codes
+                                           else tf.io.FixedLenFeature([dim], tf.float32))
     if with_text:
         spec[TEXT] = tf.io.FixedLenFeature([], tf.string)
     return spec

@@ -35,8 +35,8 @@ from core.errors import ArtifactError, InputError
 from core.outputs import OutputDir
 from transforms.corpus import NAMESPACE, ReadCorpus, check_patterns
 from transforms.dedupe import ReadPrevious
-from transforms.shards import write_tfrecord_batches
-from transforms.embedding import (EmbedCorpus, EncoderModelHandler, ToExamples,
+from transforms.datasets import BatchVectors, WriteDataset, to_records
+from transforms.embedding import (EmbedCorpus, EncoderModelHandler,
                                   reconcile_embedding)
 from core.encoders import DEFAULT_ENCODER, validate_spec
 from transforms.sinks import DEAD, DEADLETTER_DIR, WriteDeadLetters
@@ -77,22 +77,33 @@ def make_parser() -> argparse.ArgumentParser:
     add_corpus_flags(p)
     p.add_argument("--previous", action="append", default=[],
                    help="earlier embedding output whose ids are not embedded again (repeatable)")
-    p.add_argument("--num_shards", type=int, default=0, help="output shards; 0 lets the runner decide")
+    p.add_argument("--num_shards", type=int, default=0,
+                   help=f"output shards; 0: one per {INPUT_BYTES_PER_SHARD // 2**20} MiB of input (1 to {MAX_SHARDS})")
     p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                    help="replace an earlier embed output of different parameters in --output")
     return p
 
 
-def build(p: beam.Pipeline, config: EmbedConfig, handler: EncoderModelHandler,
+INPUT_BYTES_PER_SHARD = 8 * 2**20  # ~80,000 news sentences: shards of ~200 MB of vectors
+MAX_SHARDS = 1000
+
+
+def default_shards(paths: list[str]) -> int:
+    """Enough shards for readers to spread over workers, each a few hundred MB."""
+    total = sum(size or 0 for size in files.sizes(paths).values())
+    return max(1, min(MAX_SHARDS, -(-total // INPUT_BYTES_PER_SHARD)))
+
+
+def build(p: beam.Pipeline, config: EmbedConfig, handler: EncoderModelHandler, num_shards: int,
           previous: list[EmbeddingDataset] = (), share: int | None = 1) -> None:
     """read corpus -> dedupe (against previous outputs) -> embed -> shards, and dead letters."""
     read = ReadCorpus(list(config.input), config.input_format, config.text_field, config.id_field, config.max_chars)
     earlier = p | "Previous" >> ReadPrevious(list(previous)) if previous else None
     embedded = p | "EmbedCorpus" >> EmbedCorpus(read, handler, config.embedding_dim, earlier, share)
     _ = (embedded["vectors"]
-         | "ToExamples" >> ToExamples()
-         | "WriteShards" >> write_tfrecord_batches(files.join(config.output, dataset.DATA_PREFIX),
-                                                           config.num_shards))
+         | "BatchVectors" >> BatchVectors(config.max_batch_size)
+         | "ToRecords" >> beam.Map(to_records)
+         | "WriteDataset" >> WriteDataset(files.join(config.output, dataset.DATA_PREFIX), num_shards, 1, "tfrecord"))
     _ = (embedded[DEAD],) | "DeadLetters" >> WriteDeadLetters(config.output)
 
 
@@ -138,7 +149,7 @@ def run(config: EmbedConfig, options: PipelineOptions) -> dict:
                                       max_batch_size=config.max_batch_size)
         start = time.monotonic()
         p = create_pipeline(options)
-        build(p, config, handler, previous, progress_share(options))
+        build(p, config, handler, config.num_shards or default_shards(paths), previous, progress_share(options))
         counts = check_counts(run_and_wait(p), config, previous)
         elapsed = time.monotonic() - start
         records.write_schema(records.make_schema(config.embedding_dim), config.output)

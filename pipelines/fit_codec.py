@@ -20,27 +20,23 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 
 import apache_beam as beam
-import tensorflow as tf
-import tensorflow_transform.beam as tft_beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from core import codecs, files, manifests, quantization, reducers
+from core import codecs, files, manifests, quantization, reducers, transform_fn
 from core import config as cfg
-from pipelines.cli import parse_job_args
-from transforms.runner import counter_values, create_pipeline, run_and_wait
 from core.dataset import EmbeddingDataset, open_all
 from core.errors import DataError, InputError
 from core.outputs import OutputDir
+from pipelines.cli import parse_job_args
 from transforms import codec_fitting
-from transforms.reduction import ParseRecords
-from transforms.shards import ReadShards
-from transforms.sinks import DEAD, DEADLETTER_DIR, WriteDeadLetters
+from transforms.analyze import Analyze
+from transforms.fitting import FitRows
+from transforms.runner import counter_values, create_pipeline, run_and_wait
+from transforms.sinks import DEAD, WriteDeadLetters
 
 log = logging.getLogger(__name__)
 NAMESPACE = "fit_codec"
@@ -102,31 +98,21 @@ def sample_fraction(config: FitCodecConfig, total: int) -> float:
 
 
 def build(p: beam.Pipeline, datasets: list[EmbeddingDataset], config: FitCodecConfig, fraction: float,
-          temp_dir: str, reducer_digest: str) -> None:
-    """read (counted) -> parse (non-finite out) -> sample -> calibrate (int8) or train (pq)."""
+          temp_dir: str, reducer) -> None:
+    """read (counted, non-finite out) -> sample -> calibrate (int8) or train (pq)."""
     dim = datasets[0].dim
-    parsed = (p
-              | "ReadShards" >> ReadShards(datasets, NAMESPACE, config.batch_size)
-              | "ParseRecords" >> ParseRecords(dim, with_text=False))
-    _ = (parsed[DEAD],) | "DeadLetters" >> WriteDeadLetters(config.output)
+    rows = p | "FitRows" >> FitRows(datasets, NAMESPACE, fraction, config.seed, batch_size=config.batch_size)
+    _ = (rows[DEAD],) | "DeadLetters" >> WriteDeadLetters(config.output)
     if config.codec == "pq":
-        _ = (parsed["columns"]
-             | "Sample" >> beam.Map(codec_fitting.sample_rows, fraction, config.seed)
+        _ = (rows["vectors"]
              | "Gather" >> beam.combiners.ToList()
              | "TrainPQ" >> beam.ParDo(codec_fitting.TrainPQ(files.join(config.output, codecs.PQ_INDEX), dim,
                                                               config.m, config.opq, config.seed, NAMESPACE)))
         return
-    expected = int(sum(d.records for d in datasets) * fraction)
-    batches = parsed["columns"] | "Reduce" >> beam.ParDo(
-        codec_fitting.ReduceToArrow(config.reducer, dim, NAMESPACE, expected, reducer_digest))
-    with tft_beam.Context(temp_dir=temp_dir, force_tf_compat_v1=True):
-        transform_fn = ((batches, codec_fitting.tensor_adapter_config(_output_dim(config, dim)))
-                        | "Analyze" >> tft_beam.AnalyzeDataset(codec_fitting.preprocessing_fn))
-        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(os.path.join(temp_dir, "analyzed"))
-
-
-def _output_dim(config: FitCodecConfig, input_dim: int) -> int:
-    return codecs.load_reducer(config.reducer, input_dim).output_dim
+    _ = (rows["vectors"]
+         | "Reduce" >> beam.ParDo(codec_fitting.Reduce(config.reducer, dim, reducer.digest))
+         | "Analyze" >> Analyze(codec_fitting.preprocessing_fn, codec_fitting.REDUCED, reducer.output_dim, temp_dir,
+                                os.path.join(temp_dir, "analyzed")))
 
 
 def check_counts(result, datasets: list[EmbeddingDataset]) -> dict:
@@ -150,16 +136,12 @@ def run(config: FitCodecConfig, options: PipelineOptions) -> dict:
     reads = [config.input, *config.extra_input] + ([config.reducer] if config.reducer != reducers.IDENTITY else [])
     out = OutputDir(config.output, codecs.KIND, manifests.fingerprint(params), reads)
     with out.claim(config.overwrite):
-        temp_dir = os.path.join(config.temp_dir or tempfile.gettempdir(), f"fit-codec-{uuid.uuid4().hex[:12]}")
         start = time.monotonic()
-        try:
+        with transform_fn.workspace(config.temp_dir, "fit-codec") as temp_dir:
             p = create_pipeline(options)
-            build(p, datasets, config, fraction, temp_dir, reducer.digest)
+            build(p, datasets, config, fraction, temp_dir, reducer)
             counts = check_counts(run_and_wait(p), datasets)
             body = _finish(config, reducer, datasets[0].dim, counts, temp_dir)
-        finally:
-            if tf.io.gfile.exists(temp_dir):
-                tf.io.gfile.rmtree(temp_dir)
         manifest = out.commit({**params, **body, "seconds": round(time.monotonic() - start, 2),
                                "rows_read": counts["read"],
                                "rows_non_finite": counts.get("dead_letter_non_finite", 0)})
@@ -180,8 +162,9 @@ def _finish(config: FitCodecConfig, reducer, input_dim: int, counts: dict, temp_
                 "train_seconds": round(counts.get("train_ms", 0) / 1000, 2)}
     if counts.get("rows_analyzed", 0) == 0:
         raise InputError(f"no rows to calibrate on in {config.input}")
-    lo, hi = codec_fitting.read_ranges(os.path.join(temp_dir, "analyzed", "transform_fn"))
-    codec = quantization.Int8Codec(lo, hi)
+    values = transform_fn.read(os.path.join(temp_dir, "analyzed", "transform_fn"),
+                               (codec_fitting.LO, codec_fitting.HI))
+    codec = quantization.Int8Codec(values[codec_fitting.LO], values[codec_fitting.HI])
     saved = codecs.save_int8(config.output, reducer, codec)
     return {"codec": "int8", "family": family, "name": codecs.name_of(family, codec.dim, "int8"),
             "input_dim": input_dim, "dim": codec.dim, "bytes_per_vector": codec.dim, **saved,

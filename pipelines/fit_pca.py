@@ -29,30 +29,26 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
-import tensorflow as tf
-import tensorflow_transform.beam as tft_beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from threadpoolctl import threadpool_limits
 
 from core import config as cfg
-from core import files, manifests, reducers
+from core import files, manifests, reducers, transform_fn
 from core import pca as pca_math
-from pipelines.cli import parse_job_args
-from transforms.runner import counter_values, create_pipeline, run_and_wait
 from core.dataset import EmbeddingDataset, open_all
 from core.errors import ArtifactError, DataError, InputError
 from core.outputs import OutputDir
+from pipelines.cli import parse_job_args
 from transforms import pca as pca_transform
-from transforms.fitting import FitRows, tfxio_source
-from transforms.sinks import DEAD, DEADLETTER_DIR, WriteDeadLetters
+from transforms.analyze import Analyze
+from transforms.fitting import FitRows
+from transforms.runner import counter_values, create_pipeline, run_and_wait
+from transforms.sinks import DEAD, WriteDeadLetters
 
 log = logging.getLogger(__name__)
 NAMESPACE = "fit_pca"
@@ -173,31 +169,9 @@ def build(p: beam.Pipeline, inputs: FitInputs, config: FitPcaConfig, temp_dir: s
     rows = p | "FitRows" >> FitRows(inputs.datasets, NAMESPACE, inputs.fraction, config.seed, inputs.queries,
                                     config.batch_size)
     preprocessing_fn = pca_transform.make_preprocessing_fn(config.output_dim, config.center, config.l2_normalize)
-    # TF1 graph mode: the written transform_fn is one graph whose named analyzer
-    # results (transforms.pca) can be read back to build the plain head.
-    with tft_beam.Context(temp_dir=temp_dir, force_tf_compat_v1=True):
-        transform_fn = ((rows["batches"], tfxio_source(inputs.datasets).TensorAdapterConfig())
-                        | "Analyze" >> tft_beam.AnalyzeDataset(preprocessing_fn))
-        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(config.output)
+    _ = rows["vectors"] | "Analyze" >> Analyze(preprocessing_fn, pca_transform.EMBEDDING, inputs.dim, temp_dir,
+                                               config.output)
     _ = (rows[DEAD],) | "DeadLetters" >> WriteDeadLetters(config.output)
-
-
-def read_transform_fn(transform_fn_dir: str, probe: np.ndarray) -> tuple[dict, np.ndarray]:
-    """The named analyzer results in a written transform_fn, and its output for ``probe`` rows."""
-    graph = tf.Graph()
-    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
-        meta = tf.compat.v1.saved_model.load(session, ["transform"], transform_fn_dir)
-        signature = next(iter(meta.signature_def.values()))
-        names = {}
-        for wanted in (pca_transform.MEAN, pca_transform.MATRIX, pca_transform.COVARIANCE):
-            found = [op.name for op in graph.get_operations() if op.name.split("/")[-1] == wanted]
-            if len(found) != 1:
-                raise ArtifactError(f"{transform_fn_dir}: expected one '{wanted}' tensor, found {found}")
-            names[wanted] = found[0] + ":0"
-        values = session.run(names)
-        feed = {signature.inputs[pca_transform.EMBEDDING].name: probe}
-        output = session.run(signature.outputs[pca_transform.REDUCED].name, feed_dict=feed)
-    return values, output
 
 
 def make_head(values: dict, config: FitPcaConfig) -> reducers.Head:
@@ -226,7 +200,9 @@ def export_head(config: FitPcaConfig, input_dim: int) -> tuple[dict, np.ndarray,
     """The head as arrays (checked against the transform_fn) and its serving export; analyzer values, ratios,
     and the manifest's ``head`` entry."""
     probe = np.random.default_rng(config.seed).normal(size=(8, input_dim)).astype(np.float32)
-    values, expected = read_transform_fn(files.join(config.output, TRANSFORM_FN), probe)
+    values = transform_fn.read(files.join(config.output, TRANSFORM_FN), pca_transform.NAMES,
+                               (pca_transform.EMBEDDING, pca_transform.REDUCED, probe))
+    expected = values[pca_transform.REDUCED]
     head = make_head(values, config)
     got = head(probe)
     if not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
@@ -244,9 +220,8 @@ def run(config: FitPcaConfig, options: PipelineOptions) -> dict:
     reads = [config.input, *config.extra_input, config.query_input]
     out = OutputDir(config.output, "pca", manifests.fingerprint(params), reads)
     with out.claim(config.overwrite):
-        temp_dir = os.path.join(config.temp_dir or tempfile.gettempdir(), f"fit-pca-{uuid.uuid4().hex[:12]}")
         start = time.monotonic()
-        try:
+        with transform_fn.workspace(config.temp_dir, "fit-pca") as temp_dir:
             p = create_pipeline(options)
             build(p, inputs, config, temp_dir)
             # One BLAS thread: the analyzers' float64 x'x and eigh share the cores
@@ -254,9 +229,6 @@ def run(config: FitPcaConfig, options: PipelineOptions) -> dict:
             # (benchmarks/RESULTS.md). Applies to the local, in-process runner.
             with threadpool_limits(limits=1, user_api="blas"):
                 counts = check_rows(run_and_wait(p), inputs, config)
-        finally:
-            if tf.io.gfile.exists(temp_dir):
-                tf.io.gfile.rmtree(temp_dir)
         elapsed = time.monotonic() - start
         values, ratio, head = export_head(config, inputs.dim)
         eigenvalues = np.diag(values[pca_transform.MATRIX].T @ values[pca_transform.COVARIANCE]

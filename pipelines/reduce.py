@@ -36,8 +36,8 @@ from core.outputs import OutputDir
 from transforms import corpus
 from transforms.embedding import EmbedCorpus, EncoderModelHandler, reconcile_embedding
 from core.encoders import DEFAULT_ENCODER, validate_spec
-from transforms.reduction import DTYPES, NAMESPACE, BatchVectors, ParseRecords, ReduceBatch, WriteInOrder
-from transforms.shards import ReadShards
+from transforms.datasets import BatchVectors, ReadDataset, WriteDataset
+from transforms.reduction import DTYPES, NAMESPACE, ReduceBatch
 from transforms.sinks import DEAD, DEADLETTER_DIR, WriteDeadLetters, reconcile
 
 log = logging.getLogger(__name__)
@@ -100,9 +100,8 @@ def read_columns(p: beam.Pipeline, config: ReduceConfig, source: EmbeddingDatase
                  options: PipelineOptions) -> tuple[beam.PCollection, list]:
     """Column batches of 512-d vectors: the dataset's shards, or the raw corpus embedded on the fly."""
     if source is not None:
-        raw = p | "ReadShards" >> ReadShards([source], NAMESPACE, config.batch_size)
-        parsed = raw | "ParseRecords" >> ParseRecords(source.dim, source.has_text)
-        return parsed["columns"], [parsed[DEAD]]
+        read = p | "ReadDataset" >> ReadDataset([source], NAMESPACE, config.batch_size, with_text=True)
+        return read["columns"], [read[DEAD]]
     read = corpus.ReadCorpus(list(config.text_input), config.input_format, config.text_field, config.id_field,
                              config.max_chars)
     handler = EncoderModelHandler(config.encoder, threads=config.encoder_threads or None,
@@ -121,8 +120,8 @@ def build(p: beam.Pipeline, config: ReduceConfig, source: EmbeddingDataset | Non
                      source.records if source else None, progress_share(options), artifact_digest)
     reduced = columns | "Reduce" >> beam.ParDo(fn).with_outputs(DEAD, main="rows")
     input_shards = len(source.shards) if source is not None else 1
-    _ = reduced.rows | "WriteShards" >> WriteInOrder(files.join(config.output, dataset.DATA_PREFIX),
-                                                     config.num_shards or input_shards, input_shards, config.format)
+    _ = reduced.rows | "WriteDataset" >> WriteDataset(files.join(config.output, dataset.DATA_PREFIX),
+                                                      config.num_shards or input_shards, input_shards, config.format)
     _ = (reduced[DEAD], *dead) | "DeadLetters" >> WriteDeadLetters(config.output)
 
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from core import manifests, reducers
+from core import manifests, reducers, transform_fn
 from pipelines import fit_pca
 from core import pca as pca_math
 from core.errors import ArtifactError, InputError
@@ -39,8 +39,7 @@ def _fit(dataset_dir, out, *extra):
 
 
 def _components(out) -> dict:
-    probe = np.zeros((1, DIM), np.float32)
-    values, _ = fit_pca.read_transform_fn(str(out / fit_pca.TRANSFORM_FN), probe)
+    values = transform_fn.read(str(out / fit_pca.TRANSFORM_FN), pca_transform.NAMES)
     return values
 
 

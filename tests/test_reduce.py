@@ -13,7 +13,7 @@ from core import pca as pca_math
 from pipelines import reduce as reduce_job
 from core import reducers
 from core.errors import ArtifactError
-from transforms.shards import read_records as shard_records
+from transforms.datasets import read_tfrecords as shard_records
 from tests.fixtures import correlated_vectors, read_records, reseal, write_embedding_dataset, write_linear_reducer
 
 ROWS, DIM, K = 200, 64, 8
@@ -89,9 +89,9 @@ def test_parquet_float32_with_text(setup):
 
 def test_shards_are_streamed_from_batch_parts_in_input_order(setup, monkeypatch):
     """Each batch goes through its own part file (none left), shards keep input order, row groups are bounded."""
-    from transforms import reduction
+    from transforms import datasets
     root, _, _ = setup
-    monkeypatch.setattr(reduction, "ROW_GROUP_ROWS", 100)
+    monkeypatch.setattr(datasets, "ROW_GROUP_ROWS", 100)
     _reduce(root, "streamed", "--format", "parquet", "--num_shards", "1")
     assert not [p.name for p in (root / "streamed").rglob("*") if "part" in p.name or p.suffix == ".tmp"]
     (shard,) = sorted((root / "streamed").glob("data-*.parquet"))

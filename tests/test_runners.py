@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import embed, fit_pca, reduce
+from pipelines import embed, fit_codec, fit_pca, reduce
 
 from core.dataset import EmbeddingDataset
 from core.reducers import load_reducer
@@ -100,9 +100,9 @@ def _bucket_dataset(name: str) -> EmbeddingDataset:
 def test_embed_translates_for_dataflow(tmp_path):
     p = beam.Pipeline(options=_dataflow_options())
     config = embed.EmbedConfig(input=("gs://fake-bucket/in/*.txt",), output="gs://fake-bucket/emb")
-    embed.build(p, config, EncoderModelHandler("use-m3"), [_bucket_dataset("old")])
+    embed.build(p, config, EncoderModelHandler("use-m3"), 4, [_bucket_dataset("old")])
     names, blob = _translated(p)
-    assert {"EmbedCorpus/ReadCorpus", "EmbedCorpus/Deduplicate", "EmbedCorpus/Embed", "WriteShards",
+    assert {"EmbedCorpus/ReadCorpus", "EmbedCorpus/Deduplicate", "EmbedCorpus/Embed", "WriteDataset/WriteShard",
             "DeadLetters/WriteDeadLetters", "Previous"} <= names
     _assert_no_local_paths(blob, tmp_path)
 
@@ -113,8 +113,23 @@ def test_fit_pca_translates_for_dataflow(tmp_path):
     config = fit_pca.FitPcaConfig(input="gs://fake-bucket/emb", output="gs://fake-bucket/pca")
     fit_pca.build(p, fit_pca.FitInputs([_bucket_dataset("emb")], 0.5, None), config, str(tft_temp))
     names, blob = _translated(p)
-    assert {"FitRows/ReadShards", "FitRows/Sample", "Analyze", "WriteTransformFn"} <= names
+    assert {"FitRows/ReadDataset/ReadShard", "FitRows/Sample", "Analyze/AnalyzeDataset",
+            "Analyze/WriteTransformFn"} <= names
     _assert_no_local_paths(blob.replace(str(tft_temp).encode(), b""), tmp_path)
+
+
+@pytest.mark.parametrize("codec", ["int8", "pq"])
+def test_fit_codec_translates_for_dataflow(tmp_path, codec):
+    tft_temp = tmp_path / "tft_temp"
+    reducer = write_linear_reducer(tmp_path / "pca", np.zeros(512), np.eye(512)[:, :128])
+    p = beam.Pipeline(options=_dataflow_options())
+    config = fit_codec.FitCodecConfig(input="gs://fake-bucket/emb", output="gs://fake-bucket/codec", codec=codec,
+                                      reducer=reducer)
+    fit_codec.build(p, [_bucket_dataset("emb")], config, 0.5, str(tft_temp), load_reducer(reducer))
+    names, blob = _translated(p)
+    step = "Analyze/AnalyzeDataset" if codec == "int8" else "TrainPQ"
+    assert {"FitRows/ReadDataset/ReadShard", "FitRows/Sample", step, "DeadLetters/WriteDeadLetters"} <= names
+    _assert_no_local_paths(blob.replace(str(tft_temp).encode(), b"").replace(reducer.encode(), b""), tmp_path)
 
 
 @pytest.mark.parametrize("fmt", ["tfrecord", "parquet"])
@@ -125,7 +140,7 @@ def test_reduce_translates_for_dataflow(tmp_path, fmt):
                                  output="gs://fake-bucket/red", format=fmt)
     reduce.build(p, config, _bucket_dataset("emb"), 512, True, _dataflow_options())
     names, blob = _translated(p)
-    assert {"ReadShards", "Reduce", "WriteShards/WriteShard", "DeadLetters/WriteDeadLetters"} <= names
+    assert {"ReadDataset/ReadShard", "Reduce", "WriteDataset/WriteShard", "DeadLetters/WriteDeadLetters"} <= names
     _assert_no_local_paths(blob, reducer)
 
 

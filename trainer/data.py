@@ -31,10 +31,6 @@ class Verified:
     validation: int = 0
 
 
-def _spec(dim: int) -> dict:
-    return records.feature_spec(dim, with_text=False)
-
-
 def verify(datasets: list[EmbeddingDataset], val_permille: int = 0) -> Verified:
     """Read every listed shard once: counts must match the manifests; collect non-finite vectors' ids;
     count the finite validation records (``val_permille`` as in ``make_dataset``)."""
@@ -44,7 +40,7 @@ def verify(datasets: list[EmbeddingDataset], val_permille: int = 0) -> Verified:
         for shard in dataset.shards:
             try:
                 for batch in tf.data.TFRecordDataset(shard).batch(8192):
-                    parsed = tf.io.parse_example(batch, _spec(dataset.dim))
+                    parsed = tf.io.parse_example(batch, records.feature_spec(dataset.dim, with_text=False))
                     finite = tf.reduce_all(tf.math.is_finite(parsed[records.EMBEDDING]), axis=1)
                     bad += [b.decode("utf-8") for b in tf.boolean_mask(parsed[records.ID], ~finite).numpy()]
                     held_out = in_split(parsed[records.ID], True, val_permille)
@@ -75,7 +71,7 @@ def make_dataset(datasets: list[EmbeddingDataset], batch_size: int, *, validatio
     if not 0 <= val_permille <= HOLDOUT_BUCKETS:
         raise ValueError(f"val_permille must be in [0, {HOLDOUT_BUCKETS}], got {val_permille}")
     shards = [s for d in datasets for s in d.shards]
-    spec = _spec(datasets[0].dim)
+    spec = records.feature_spec(datasets[0].dim, with_text=False)
     shuffle = not validation and shuffle_buffer > 1
     files = tf.data.Dataset.from_tensor_slices(shards)
     if shuffle:

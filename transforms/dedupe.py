@@ -5,9 +5,8 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from core import deadletter as dl
-from core import records
 from core.dataset import EmbeddingDataset
-from transforms.shards import ReadShards
+from transforms.datasets import Columns, ReadDataset
 from transforms.sinks import DEAD, DeadLetterCounter
 
 NAMESPACE = "embed"
@@ -61,10 +60,9 @@ class Deduplicate(beam.PTransform):
                 | "Resolve" >> beam.ParDo(_Resolve()).with_outputs(DEAD, main="unique"))
 
 
-def _previous_records(positioned: tuple[tuple[int, int], list[bytes]]):
-    for serialized in positioned[1]:
-        record = records.decode_example(serialized)
-        yield record[records.ID], (record[records.TEXT], PREVIOUS)
+def _previous_records(columns: Columns):
+    for id_, text in zip(columns.ids, columns.texts):
+        yield id_, (text, PREVIOUS)
 
 
 class ReadPrevious(beam.PTransform):
@@ -75,6 +73,5 @@ class ReadPrevious(beam.PTransform):
         self.datasets = datasets
 
     def expand(self, pbegin):
-        return (pbegin
-                | "ReadPreviousShards" >> ReadShards(self.datasets, "previous")
-                | "ParsePrevious" >> beam.FlatMap(_previous_records))
+        read = pbegin | "ReadPreviousDatasets" >> ReadDataset(self.datasets, "previous", with_text=True, finite=False)
+        return read["columns"] | "IdsAndTexts" >> beam.FlatMap(_previous_records)

@@ -163,19 +163,6 @@ class EmbedCorpus(beam.PTransform):
         return {"vectors": embedded["vectors"], DEAD: dead}
 
 
-class _ToExamples(beam.DoFn):
-    def process(self, batch):
-        ids, texts, vectors = zip(*batch)
-        yield records.encode_examples(list(ids), np.stack(vectors), list(texts))
-
-
-class ToExamples(beam.PTransform):
-    """``(id, sentence, vector)`` -> lists of serialized records, a batch at a time."""
-
-    def expand(self, vectors):
-        return (vectors
-                | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=1024)
-                | "Serialize" >> beam.ParDo(_ToExamples()))
 
 
 EMBED_OUTCOMES = ("embedded", "duplicate", "already_embedded", "dead_letter")

@@ -1,88 +1,52 @@
-"""Feeding a fit (PCA, codec calibration): seeded sampling, Arrow batches, non-finite rows kept out.
+"""Feeding a fit (PCA, codec calibration, PQ training): exactly the listed rows, seeded sampling.
 
-``FitRows`` turns datasets into Arrow record batches of ``id`` and
-``embedding`` for tf.Transform's analyzers: it reads exactly the listed
-shards (counted), optionally repeats a query dataset, samples by a seeded
-hash of each record (reproducible, streaming, no shuffle), and dead-letters
-rows with NaN/Inf so that one bad vector can never poison a fit.
+``FitRows`` reads datasets with ``ReadDataset`` (every listed shard,
+counted; rows holding NaN/Inf dead-lettered so one bad vector can never
+poison a fit), optionally repeats a query dataset, and keeps the rows whose
+seeded hash of the id falls below the sample fraction (reproducible,
+streaming, no shuffle). It yields float32 ``[n, dim]`` arrays.
 """
 from __future__ import annotations
 
-import hashlib
-
 import apache_beam as beam
 import numpy as np
-import pyarrow as pa
-import tensorflow as tf
 from apache_beam.metrics import Metrics
-from tensorflow_transform.tf_metadata import schema_utils
-from tfx_bsl.public import tfxio
 
-from core import deadletter as dl
-from core import records
 from core.dataset import EmbeddingDataset
+from core.evaluation.sampling import seeded_keys
 from core.logs import Progress
-from transforms.shards import ReadShards
-from transforms.sinks import DEAD, DeadLetterCounter
+from transforms.datasets import Columns, ReadDataset
+from transforms.sinks import DEAD
 
 
-def keep_in_sample(record: bytes, threshold: int, key: bytes) -> bool:
-    """A seeded hash of the record's bytes below ``threshold`` (``fraction * 2**64``): same seed, same rows."""
-    digest = hashlib.blake2b(record, digest_size=8, key=key).digest()
-    return int.from_bytes(digest, "little") < threshold
+def in_sample(columns: Columns, fraction: float, seed: int) -> np.ndarray:
+    """The vectors of a batch whose seeded id key falls below ``fraction`` (all of them at 1)."""
+    if fraction >= 1:
+        return columns.vectors
+    keep = seeded_keys(columns.ids, seed) < np.uint64(min(int(fraction * 2 ** 64), 2 ** 64 - 1))
+    return columns.vectors[keep]
 
 
-class _Sample(beam.DoFn):
-    def __init__(self, fraction: float, seed: int):
-        self.threshold = int(fraction * 2 ** 64)
-        self.key = seed.to_bytes(8, "little", signed=True)
+class _Count(beam.DoFn):
+    """Counts the rows that reach the fit (``rows_analyzed``) and logs progress; drops empty arrays."""
 
-    def process(self, batch: list[bytes]):
-        yield [r for r in batch if keep_in_sample(r, self.threshold, self.key)]
-
-
-class _DropNonFinite(beam.DoFn):
-    """Arrow batches without rows holding NaN/Inf (those are dead-lettered); counts analyzed rows."""
-
-    def __init__(self, namespace: str, dim: int, expected: int | None):
-        self.namespace, self.dim, self.expected = namespace, dim, expected
+    def __init__(self, namespace: str, expected: int | None):
+        self.namespace, self.expected = namespace, expected
 
     def setup(self):
         self.analyzed = Metrics.counter(self.namespace, "rows_analyzed")
-        self.dead = DeadLetterCounter(self.namespace)
         self.progress = Progress("rows fitted on", self.expected)
 
-    def process(self, batch: pa.RecordBatch):
-        column = batch.column(batch.schema.get_field_index(records.EMBEDDING))
-        values = np.asarray(column.flatten()).reshape(-1, self.dim)
-        finite = np.isfinite(values).all(axis=1)
-        if not finite.all():
-            ids = batch.column(batch.schema.get_field_index(records.ID)).to_pylist()
-            for i in np.flatnonzero(~finite):
-                yield self.dead.output(dl.NON_FINITE, "input", None, id_=ids[i][0].decode("utf-8", "replace"),
-                                       detail="NaN or Inf in the vector: left out of the fit")
-            batch = batch.filter(pa.array(finite))
-        self.analyzed.inc(batch.num_rows)
-        self.progress.add(batch.num_rows)
-        if batch.num_rows:
-            yield batch
-
-
-def tfxio_source(datasets: list[EmbeddingDataset]) -> tfxio.TFExampleRecord:
-    """The TFXIO decoder of the datasets' ``id`` + ``embedding`` records (texts are skipped).
-
-    Only its decoder and tensor adapter are used: the shards are read by ``ReadShards``.
-    """
-    dim = datasets[0].dim
-    schema = schema_utils.schema_from_feature_spec({
-        records.ID: tf.io.FixedLenFeature([], tf.string),
-        records.EMBEDDING: tf.io.FixedLenFeature([dim], tf.float32)})
-    return tfxio.TFExampleRecord(file_pattern=[s for d in datasets for s in d.shards], schema=schema,
-                                 telemetry_descriptors=["use-shrink", "fit"])
+    def process(self, vectors: np.ndarray):
+        self.analyzed.inc(len(vectors))
+        self.progress.add(len(vectors))
+        if len(vectors):
+            yield vectors
 
 
 class FitRows(beam.PTransform):
-    """Datasets -> ``{'batches': Arrow record batches, 'dead': json lines}``; counters ``<namespace>/read``...
+    """Datasets -> ``{'vectors': float32 arrays, 'dead': json lines}``; counters ``<namespace>/read``,
+    ``<namespace>/rows_analyzed`` (and ``<namespace>_queries/read``).
 
     ``queries`` (a dataset and a repeat count) are read once and repeated, so
     that they weigh ``repeat`` times in the fit (query-aware PCA).
@@ -100,21 +64,15 @@ class FitRows(beam.PTransform):
         return int((sum(d.records for d in self.datasets) + queries) * self.fraction)
 
     def expand(self, pbegin):
-        dim = self.datasets[0].dim
-        raw = (pbegin
-               | "ReadShards" >> ReadShards(self.datasets, self.namespace, self.batch_size)
-               | "Records" >> beam.Values())
+        read = pbegin | "ReadDataset" >> ReadDataset(self.datasets, self.namespace, self.batch_size)
+        columns, dead = read["columns"], [read[DEAD]]
         if self.queries:
             dataset, repeat = self.queries
-            queries = (pbegin
-                       | "ReadQueries" >> ReadShards([dataset], f"{self.namespace}_queries", self.batch_size)
-                       | "RepeatQueries" >> beam.FlatMap(lambda positioned: [positioned[1]] * repeat))
-            raw = (raw, queries) | "WithQueries" >> beam.Flatten()
-        if self.fraction < 1:
-            raw = raw | "Sample" >> beam.ParDo(_Sample(self.fraction, self.seed))
-        batches = (raw
-                   | "OneRecordEach" >> beam.FlatMap(lambda batch: batch)
-                   | "ToRecordBatches" >> tfxio_source(self.datasets).RawRecordToRecordBatch(self.batch_size)
-                   | "DropNonFinite" >> beam.ParDo(_DropNonFinite(self.namespace, dim, self._expected())).with_outputs(
-                       DEAD, main="batches"))
-        return {"batches": batches.batches, DEAD: batches[DEAD]}
+            queries = pbegin | "ReadQueries" >> ReadDataset([dataset], f"{self.namespace}_queries", self.batch_size)
+            repeated = queries["columns"] | "RepeatQueries" >> beam.FlatMap(lambda c: [c] * repeat)
+            columns = (columns, repeated) | "WithQueries" >> beam.Flatten()
+            dead.append(queries[DEAD])
+        vectors = (columns
+                   | "Sample" >> beam.Map(in_sample, self.fraction, self.seed)
+                   | "Count" >> beam.ParDo(_Count(self.namespace, self._expected())))
+        return {"vectors": vectors, DEAD: dead | "FitDeadLetters" >> beam.Flatten()}

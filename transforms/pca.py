@@ -20,6 +20,7 @@ REDUCED = "reduced"
 MEAN = "pca_mean"
 MATRIX = "pca_matrix"
 COVARIANCE = "pca_covariance"
+NAMES = (MEAN, MATRIX, COVARIANCE)  # the analyzer results fit-pca reads back
 
 
 def make_preprocessing_fn(output_dim: int, center: bool = True,
