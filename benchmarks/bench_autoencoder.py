@@ -38,14 +38,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import embedding_cache  # noqa: E402
 import keras  # noqa: E402
+import results  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import embedding_cache  # noqa: E402
-import results  # noqa: E402
+from core import pca as pca_math  # noqa: E402
 from core.dataset import open_all  # noqa: E402
 from core.evaluation import metrics  # noqa: E402
-from core import pca as pca_math  # noqa: E402
 from tests.fixtures import write_embedding_dataset  # noqa: E402
 from trainer import data  # noqa: E402
 from trainer.model import build_autoencoder  # noqa: E402

@@ -29,15 +29,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import faiss  # noqa: E402
-
 import bench_autoencoder as ae  # noqa: E402
 import embedding_cache  # noqa: E402
-from core import pca as pca_math  # noqa: E402
+import faiss  # noqa: E402
 import results  # noqa: E402
-from core import pq  # noqa: E402
-from core.errors import InputError  # noqa: E402
+
+from core import pca as pca_math  # noqa: E402
+from core import (
+    pq,  # noqa: E402
+    search,  # noqa: E402
+)
 from core import quantization as qz  # noqa: E402
+from core.errors import InputError  # noqa: E402
 from core.evaluation import frontier, metrics  # noqa: E402
 
 TITLE = "Codecs: quality per stored byte"
@@ -60,7 +63,7 @@ def load(data_dir: Path, max_train: int) -> Data:
     x = embedding_cache.financial(data_dir)[1]
     split = ae.financial_split(len(x))
     corpus, queries = x[split["slice"]], split["queries"]
-    golden = metrics.top_k(corpus[queries], corpus, K, exclude=queries)[0]
+    golden = search.top_k(corpus[queries], corpus, K, exclude=queries)[0]
     a, b, _ = embedding_cache.sts_test(data_dir)
     return Data(ae.financial_train(x, max_train), corpus, queries, golden, (a, b))
 
@@ -107,7 +110,7 @@ def dense_corpus(data: Data, reduce, codec) -> tuple[np.ndarray, float]:
 
 def dense_search(data: Data, reduce, decoded: np.ndarray, k: int = K) -> tuple[np.ndarray, float]:
     qv = reduce(data.corpus[data.queries])
-    (top, _), search_s = timed(lambda: metrics.top_k(qv, decoded, k, exclude=data.queries))
+    (top, _), search_s = timed(lambda: search.top_k(qv, decoded, k, exclude=data.queries))
     return top, search_s
 
 
@@ -182,8 +185,8 @@ def two_stage_row(data: Data, name: str, first: tuple[np.ndarray, float, float, 
     """``first``: (candidates, its encode s, its search s, its bytes); ``fine``: raw int8 codec and corpus codes."""
     candidates, encode_s, first_s, nbytes = first
     codec, codes = fine
-    top, second_s = timed(lambda: frontier.rescore(candidates, data.corpus[data.queries],
-                                                   lambda idx: codec.decode(codes[idx]), K))
+    top, second_s = timed(lambda: search.rerank(candidates, data.corpus[data.queries],
+                                                lambda idx: codec.decode(codes[idx]), K)[0])
     return row(data, name, "two-stage", nbytes + codec.dim, top, encode_s, first_s + second_s, None,
                label=f"{nbytes + codec.dim} ({nbytes} + {codec.dim})")
 

@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import bench_autoencoder as bae  # noqa: E402
 import embedding_cache  # noqa: E402
 import results  # noqa: E402
+
 from core.evaluation import drift  # noqa: E402
 
 TITLE = "Drift check on a real domain shift"

@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import financial_corpus  # noqa: E402
 import results  # noqa: E402
+
 from pipelines import embed  # noqa: E402
 
 TITLE = "Embedding job vs the bare encoder"

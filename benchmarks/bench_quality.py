@@ -38,8 +38,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import bench_autoencoder as ae  # noqa: E402
 import embedding_cache  # noqa: E402
 import results as results_md  # noqa: E402
-from pipelines import fit_pca  # noqa: E402
+
+from core import search  # noqa: E402
 from core.evaluation import metrics  # noqa: E402
+from pipelines import fit_pca  # noqa: E402
 
 TITLE = "Reducers against the reference: STS and retrieval"
 # The reference work's published figures (its setup: USE -> 128-d, fitted on financial news, scored on STS).
@@ -70,12 +72,14 @@ def choose_query_share(train_x: np.ndarray, data_dir: Path) -> tuple[float, list
     perm = np.random.default_rng(0).permutation(len(queries))
     fit_q, score_q = perm[:len(perm) // 2], perm[len(perm) // 2:]
     qrels = [gs.qrels[gs.query_ids[i]] for i in score_q]
-    raw = metrics.golden_retrieval(queries[score_q], docs, gs.doc_ids, qrels)["ndcg@10"]
+    raw = search.golden_retrieval(search.Cosine(docs.shape[1]), docs, queries[score_q], gs.doc_ids, qrels)["ndcg@10"]
     lines = ["| query share | repeats | dev nDCG@10 loss vs raw |", "|---|---|---|"]
     losses = {}
     for share in QUERY_SHARES:
         reduce = ae.pca_reducer(with_queries(train_x, queries[fit_q], share), 128)
-        red = metrics.golden_retrieval(reduce(queries[score_q]), reduce(docs), gs.doc_ids, qrels)["ndcg@10"]
+        reduced = reduce(docs)
+        red = search.golden_retrieval(search.Cosine(reduced.shape[1]), reduced, reduce(queries[score_q]), gs.doc_ids,
+                                      qrels)["ndcg@10"]
         losses[share] = 1 - red / raw
         repeats = fit_pca.query_repeats(share, len(train_x), len(fit_q)) if share else 0
         lines.append(f"| {share} | {repeats} | {losses[share]:+.2%} |")
@@ -102,12 +106,12 @@ def apply(reduce, x: np.ndarray) -> np.ndarray:
 
 def label_free(reds: dict, corpus: np.ndarray, queries: np.ndarray) -> dict[str, dict]:
     """Neighbour fidelity of each reducer on ``corpus`` (queries are positions in it, excluded from their own list)."""
-    raw_top, _ = metrics.top_k(corpus[queries], corpus, 10, exclude=queries)
+    raw_top, _ = search.top_k(corpus[queries], corpus, 10, exclude=queries)
     results = {}
     for name, (reduce, _) in reds.items():
         c = apply(reduce, corpus)
         t = time.perf_counter()
-        top, _ = metrics.top_k(c[queries], c, 10, exclude=queries)
+        top, _ = search.top_k(c[queries], c, 10, exclude=queries)
         results[name] = {**metrics.neighbour_fidelity(raw_top, top), "search_s": time.perf_counter() - t}
         print(name, results[name], flush=True)
     return results
@@ -122,8 +126,8 @@ def golden(reds: dict, data_dir: Path) -> tuple[dict[str, dict], dict]:
     for name, (reduce, _) in reds.items():
         d, q = apply(reduce, docs), apply(reduce, queries)
         results[name] = {
-            "global": metrics.golden_retrieval(q, d, gs.doc_ids, qrels),
-            "within": metrics.golden_retrieval(q, d, gs.doc_ids, qrels, query_groups=query_groups,
+            "global": search.golden_retrieval(search.Cosine(d.shape[1]), d, q, gs.doc_ids, qrels),
+            "within": search.golden_retrieval(search.Cosine(d.shape[1]), d, q, gs.doc_ids, qrels, query_groups=query_groups,
                                                doc_groups=doc_groups)}
         print(name, results[name], flush=True)
     return results, {"docs": len(gs.doc_ids), "queries": len(gs.query_ids)}

@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import results  # noqa: E402
+
 from pipelines import sample_corpus  # noqa: E402
 
 TITLE = "Scale run: the whole flow on 1,000,000 sentences"

@@ -36,14 +36,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import keras  # noqa: E402
-
 import bench_autoencoder as ae  # noqa: E402
 import embedding_cache  # noqa: E402
-from core.reducers import load_reducer  # noqa: E402
+import keras  # noqa: E402
+
+from core import search  # noqa: E402
 from core.evaluation import metrics  # noqa: E402
-from tests.fixtures import write_embedding_dataset  # noqa: E402
+from core.reducers import load_reducer  # noqa: E402
 from pipelines import train as task  # noqa: E402
+from tests.fixtures import write_embedding_dataset  # noqa: E402
 
 TITLE = "Training budget: when training stops"
 OUT = REPO / "benchmarks" / "out" / "training"
@@ -72,12 +73,12 @@ class Eval:
         split = ae.financial_split(len(x))
         self.a, self.b, _ = embedding_cache.sts_test(data_dir)
         self.corpus, self.queries = x[split["slice"]], split["queries"]
-        self.raw_top, _ = metrics.top_k(self.corpus[self.queries], self.corpus, 10, exclude=self.queries)
+        self.raw_top, _ = search.top_k(self.corpus[self.queries], self.corpus, 10, exclude=self.queries)
 
     def score(self, reduce) -> dict:
         fid = metrics.sts_fidelity(self.a, self.b, reduce(self.a), reduce(self.b))["pearson"]
         c = reduce(self.corpus)
-        top, _ = metrics.top_k(c[self.queries], c, 10, exclude=self.queries)
+        top, _ = search.top_k(c[self.queries], c, 10, exclude=self.queries)
         lf = metrics.neighbour_fidelity(self.raw_top, top)
         return {"fidelity": fid, "mrr@10": lf["mrr@10"], "recall@10": lf["recall@10"]}
 

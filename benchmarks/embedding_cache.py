@@ -28,9 +28,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.evaluation import golden, sts# noqa: E402
+import financial_corpus  # noqa: E402
 
-import financial_corpus# noqa: E402
+from core.evaluation import golden, sts  # noqa: E402
 
 CACHE_DIR = REPO / "benchmarks" / "out" / "cache"
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"

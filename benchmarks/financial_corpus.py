@@ -12,7 +12,6 @@ from pathlib import Path
 
 from core.textnorm import normalize
 
-
 # A kept sentence has at least this many words (whitespace tokens containing a
 # letter): shorter fragments ("Reuter", "Nine mths", "$AAPL 12 %") carry little meaning.
 MIN_WORDS = 4

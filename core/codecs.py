@@ -18,9 +18,8 @@ No pickle anywhere. Queries are searched asymmetrically: a query is reduced
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import io
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -97,17 +96,6 @@ class Representation:
                 "artifact": manifests.reference(source[0], source[1], dataset_dir) if source else None,
                 "reducer": self.reducer.summary() if self.dense else None}
 
-    def scores(self, queries: np.ndarray, decoded: np.ndarray) -> np.ndarray:
-        """Similarity of query rows to decoded rows, higher is closer, as ``shrink search`` ranks them.
-
-        Dense: cosine. PQ: negative squared L2 (faiss's ADC metric, the better
-        one measured), up to a per-query constant: ``q.d - |d|^2 / 2``.
-        """
-        if self.dense:
-            q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-            d = decoded / np.maximum(np.linalg.norm(decoded, axis=1, keepdims=True), 1e-12)
-            return q @ d.T
-        return queries @ decoded.T - 0.5 * np.einsum("ij,ij->i", decoded, decoded)[None, :]
 
 
 def name_of(family: str, dim: int, precision: str) -> str:

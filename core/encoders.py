@@ -16,9 +16,6 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-
-
-
 log = logging.getLogger(__name__)
 
 DEFAULT_ENCODER = "use-m3"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 
-
 def covariance(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(mean, biased covariance)`` of the rows of ``x``, in float64."""
     x = np.asarray(x, dtype=np.float64)

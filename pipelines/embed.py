@@ -25,20 +25,24 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from core import config as cfg
-from core import files, manifests, records
-from pipelines.cli import add_corpus_flags, parse_job_args
-from transforms.runner import (counter_values, create_pipeline, processes_per_machine,
-                                          progress_share, run_and_wait, with_local_workers)
-from core import dataset
+from core import dataset, files, manifests, records
 from core.dataset import EmbeddingDataset, open_all, shard_entries
+from core.encoders import DEFAULT_ENCODER, validate_spec
 from core.errors import ArtifactError, InputError
 from core.outputs import OutputDir
+from pipelines.cli import add_corpus_flags, parse_job_args
 from transforms.corpus import NAMESPACE, ReadCorpus, check_patterns
-from transforms.dedupe import ReadPrevious
 from transforms.datasets import BatchVectors, WriteDataset, to_records
-from transforms.embedding import (EmbedCorpus, EncoderModelHandler,
-                                  reconcile_embedding)
-from core.encoders import DEFAULT_ENCODER, validate_spec
+from transforms.dedupe import ReadPrevious
+from transforms.embedding import EmbedCorpus, EncoderModelHandler, reconcile_embedding
+from transforms.runner import (
+    counter_values,
+    create_pipeline,
+    processes_per_machine,
+    progress_share,
+    run_and_wait,
+    with_local_workers,
+)
 from transforms.sinks import DEAD, DEADLETTER_DIR, WriteDeadLetters
 
 log = logging.getLogger(__name__)

@@ -27,20 +27,22 @@ import argparse
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from core import codecs, files, manifests, reducers
+from core import codecs, files, manifests, reducers, search
 from core import config as cfg
 from core.dataset import EmbeddingDataset, in_holdout, iter_batches
-from core.logs import Progress
-from core.outputs import OutputDir
+from core.encoders import load_encoder
 from core.evaluation import coded, frontier, golden, metrics, sts
 from core.evaluation import report as report_io
 from core.evaluation.sampling import SmallestKeys, seeded_keys
-from core.encoders import load_encoder
+from core.logs import Progress
 from core.machine import worker_threads
+from core.outputs import OutputDir
+from core.textnorm import normalize
 
 log = logging.getLogger(__name__)
 RAW = "raw"
@@ -126,6 +128,8 @@ def representations(config: EvaluateConfig, dim: int, loaded: list, names: list[
 
 
 def encode_texts(encoder, texts: list[str], batch: int = 1024) -> np.ndarray:
+    """Texts embedded as ``embed`` embeds them: normalized first (an empty text was dropped by the caller)."""
+    texts = [normalize(t) for t in texts]
     return np.concatenate([encoder.encode(texts[i:i + batch]) for i in range(0, len(texts), batch)])
 
 
@@ -146,17 +150,25 @@ def evaluate_sts(pairs, encoder, reps: dict) -> dict:
 
 
 def evaluate_golden(gs: golden.GoldenSet, encoder, reps: dict, group_field: str) -> dict:
-    docs = encode_texts(encoder, gs.doc_texts)
+    """Labelled retrieval: documents stored in each representation, searched by ``core.search`` as served.
+
+    Documents that normalize to nothing are left out, as ``embed`` dead-letters them.
+    """
+    kept = [i for i, text in enumerate(gs.doc_texts) if normalize(text)]
+    doc_ids, doc_meta = [gs.doc_ids[i] for i in kept], [gs.doc_meta[i] for i in kept] if gs.doc_meta else []
+    docs = encode_texts(encoder, [gs.doc_texts[i] for i in kept])
     queries = encode_texts(encoder, gs.query_texts)
     qrels = [gs.qrels[q] for q in gs.query_ids]
-    grouped = bool(gs.doc_meta) and all(group_field in m for m in gs.doc_meta + gs.query_meta)
+    grouped = bool(doc_meta) and all(group_field in m for m in doc_meta + gs.query_meta)
     groups = {"query_groups": np.array([m[group_field] for m in gs.query_meta]),
-              "doc_groups": np.array([m[group_field] for m in gs.doc_meta])} if grouped else {}
-    out = {"queries": len(qrels), "documents": len(gs.doc_ids), "representations": {}}
+              "doc_groups": np.array([m[group_field] for m in doc_meta])} if grouped else {}
+    out = {"queries": len(qrels), "documents": len(doc_ids), "documents_empty": len(gs.doc_ids) - len(doc_ids),
+           "representations": {}}
     for name, rep in reps.items():
-        entry = {"global": coded.golden_scores(rep, docs, queries, gs.doc_ids, qrels, K)}
+        stored = rep.encode(docs)
+        entry = {"global": search.golden_retrieval(rep, stored, queries, doc_ids, qrels, K)}
         if grouped:
-            entry["within_group"] = coded.golden_scores(rep, docs, queries, gs.doc_ids, qrels, K, **groups)
+            entry["within_group"] = search.golden_retrieval(rep, stored, queries, doc_ids, qrels, K, **groups)
         out["representations"][name] = entry
     return out
 
@@ -196,18 +208,30 @@ def sample_queries(dataset: EmbeddingDataset, config: EvaluateConfig) -> Queries
 
 
 def search_corpus(dataset: EmbeddingDataset, reps: dict, queries: Queries, config: EvaluateConfig) -> dict:
-    """name -> ``coded.Search`` over the whole corpus, every representation in the same pass."""
+    """name -> ``(search.Search, seconds spent coding)`` over the whole corpus, every representation in one pass.
+
+    Each chunk is stored in each representation and searched by the engine ``shrink search`` uses.
+    """
     compact = {n for n, r in reps.items() if r.bytes_per_vector <= COMPACT_BYTES}
-    searches = {n: coded.Search(r, queries.vectors, queries.index, max(K, config.rerank) if n in compact else K)
+    searches = {n: search.Search(r, queries.vectors, max(K, config.rerank) if n in compact else K, queries.index)
                 for n, r in reps.items()}
+    coding = dict.fromkeys(reps, 0.0)
     progress = Progress("rows searched in every representation", dataset.records)
     offset = 0
     for batch in iter_batches([dataset], config.chunk_rows):
-        for search in searches.values():
-            search.add(batch["vector"], offset)
+        for name, engine in searches.items():
+            start = time.perf_counter()
+            stored = reps[name].encode(batch["vector"])
+            coding[name] += time.perf_counter() - start
+            engine.add(stored, offset)
         offset += len(batch["id"])
         progress.add(len(batch["id"]))
-    return searches
+    return {n: (engine, coding[n]) for n, engine in searches.items()}
+
+
+def _timings(engine: search.Search, coding_s: float, rows: int) -> dict:
+    return {"encode_us_per_vector": round(1e6 * coding_s / max(rows, 1), 3),
+            "search_ms_per_query": round(1e3 * engine.search_s / max(len(engine.queries), 1), 3)}
 
 
 def rerank(dataset: EmbeddingDataset, queries: Queries, firsts: dict, fine, config: EvaluateConfig) -> dict:
@@ -222,7 +246,7 @@ def rerank(dataset: EmbeddingDataset, queries: Queries, firsts: dict, fine, conf
             found.update(zip(rows[hit].tolist(), coded.stored(fine, batch["vector"][hit])))
         offset += len(batch["id"])
     lookup = lambda idx: np.stack([found[int(i)] for i in idx]) if len(idx) else np.zeros((0, fine.dim))  # noqa: E731
-    return {name: frontier.rescore(c, fine.query(queries.vectors), lookup, K) for name, c in firsts.items()}
+    return {name: search.rerank(c, fine.query(queries.vectors), lookup, K)[0] for name, c in firsts.items()}
 
 
 def frontier_section(dataset: EmbeddingDataset, reps: dict, config: EvaluateConfig, report: dict) -> None:
@@ -232,11 +256,12 @@ def frontier_section(dataset: EmbeddingDataset, reps: dict, config: EvaluateConf
         report["skipped"]["frontier"] = f"only {dataset.records} vectors in {config.embeddings}; need {2 * K + 1}"
         return
     searches = search_corpus(dataset, reps, queries, config)
-    golden_top = searches[RAW].result()
-    rows = [_row(name, reps[name], metrics.neighbour_fidelity(golden_top, s.result()[:, :K], K), s.timings(), report)
-            for name, s in searches.items()]
+    tops = {name: engine.result()[0] for name, (engine, _) in searches.items()}
+    golden_top = tops[RAW]
+    rows = [_row(name, reps[name], metrics.neighbour_fidelity(golden_top, tops[name][:, :K], K),
+                 _timings(engine, coding_s, dataset.records), report) for name, (engine, coding_s) in searches.items()]
     fine = next((n for n, r in reps.items() if r.family == "raw" and r.precision == "int8"), None)
-    firsts = {n: s.result() for n, s in searches.items() if reps[n].bytes_per_vector <= COMPACT_BYTES}
+    firsts = {n: tops[n] for n in tops if reps[n].bytes_per_vector <= COMPACT_BYTES}
     if fine and firsts:
         for name, top in rerank(dataset, queries, firsts, reps[fine], config).items():
             rows.append(_two_stage_row(name, fine, reps, metrics.neighbour_fidelity(golden_top, top, K), config,

@@ -24,20 +24,18 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from core import codecs, dataset, files, manifests, records, reducers
 from core import config as cfg
-from core import codecs, files, manifests, records, reducers
-from pipelines.cli import add_corpus_flags, parse_job_args
-from transforms.runner import (counter_values, create_pipeline, processes_per_machine,
-                                          progress_share, run_and_wait)
-from core import dataset
 from core.dataset import EmbeddingDataset, shard_entries
+from core.encoders import DEFAULT_ENCODER, validate_spec
 from core.errors import InputError
 from core.outputs import OutputDir
+from pipelines.cli import add_corpus_flags, parse_job_args
 from transforms import corpus
-from transforms.embedding import EmbedCorpus, EncoderModelHandler, reconcile_embedding
-from core.encoders import DEFAULT_ENCODER, validate_spec
 from transforms.datasets import BatchVectors, ReadDataset, WriteDataset
+from transforms.embedding import EmbedCorpus, EncoderModelHandler, reconcile_embedding
 from transforms.reduction import DTYPES, NAMESPACE, ReduceBatch
+from transforms.runner import counter_values, create_pipeline, processes_per_machine, progress_share, run_and_wait
 from transforms.sinks import DEAD, DEADLETTER_DIR, WriteDeadLetters, reconcile
 
 log = logging.getLogger(__name__)

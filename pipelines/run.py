@@ -38,16 +38,16 @@ from dataclasses import dataclass
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import embed, evaluate, fit_codec, fit_pca, reduce
-from core import config as cfg
 from core import codecs, files, manifests, reducers
-from pipelines.cli import check_beam_args
+from core import config as cfg
 from core.dataset import EmbeddingDataset
 from core.errors import InputError
+from core.evaluation import coded, drift
 from core.outputs import locked, remove_output
 from core.steps import RunState, Step, input_identity
-from core.evaluation import coded, drift
+from pipelines import embed, evaluate, fit_codec, fit_pca, reduce
 from pipelines import train as task
+from pipelines.cli import check_beam_args
 
 log = logging.getLogger(__name__)
 DRIFT_SAMPLE = 5000

@@ -8,7 +8,8 @@ The corpus is any reduce output (float32/float16 vectors, int8 codes, PQ
 codes) or an embed output (raw vectors); its manifest says how it is stored.
 Query texts are embedded with the corpus's encoder, then reduced (never
 quantized); ``--query_vectors`` takes raw 512-d float32 vectors from a
-``.npy`` file instead. The search is exact over what is stored: a faiss
+``.npy`` file instead. The search is exact over what is stored, by the same
+engine ``shrink evaluate`` measures with (``core.search``): a faiss
 inner-product index over the decoded unit vectors (dense), or faiss's
 asymmetric search over the stored PQ codes. ``--rescore`` re-ranks the top
 ``--candidates`` by a second stored representation of the same corpus (e.g.
@@ -17,19 +18,18 @@ raw int8). The corpus is held in memory.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 
-from core import codecs, files, reducers
+from core import codecs, files, reducers, search
 from core.dataset import KINDS, EmbeddingDataset, iter_batches
-from core.errors import InputError
-from core.textnorm import normalize
-from core.pq import search_index
 from core.encoders import load_encoder
+from core.errors import InputError
 from core.machine import worker_threads
+from core.textnorm import normalize
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +54,17 @@ class Corpus:
         stored = np.concatenate([b["vector"] for b in batches]) if batches else np.zeros((0, width))
         if representation.precision == "int8":
             stored = stored.view(np.int8)
+        elif representation.precision == "float16":
+            stored = stored.astype(np.float16)  # the values are float16 already; readers widen them
         return cls(dataset, representation, ids, texts, stored)
 
-    def index(self) -> faiss.Index:
-        """A faiss index over the stored rows: ADC over PQ codes, inner product over decoded unit vectors."""
-        if not self.representation.dense:
-            return search_index(self.representation.codec, self.stored)
-        index = faiss.IndexFlatIP(self.representation.dim)
-        index.add(_unit(self.representation.decode(self.stored)))
-        return index
+    @functools.cached_property
+    def position(self) -> dict[str, int]:
+        return {id_: i for i, id_ in enumerate(self.ids)}
 
-    def query_vectors(self, raw: np.ndarray) -> np.ndarray:
-        q = self.representation.query(raw)
-        return _unit(q) if self.representation.dense else q
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """Decoded float vectors of some stored rows (a re-ranking stage's lookup)."""
+        return self.representation.decode(self.stored[rows])
 
 
 def representation_of(dataset: EmbeddingDataset) -> codecs.Representation:
@@ -77,34 +75,22 @@ def representation_of(dataset: EmbeddingDataset) -> codecs.Representation:
                                int(dataset.manifest["input_dim"]))
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def search(corpus: Corpus, raw_queries: np.ndarray, k: int, rescore: Corpus | None = None,
-           candidates: int = 100) -> tuple[np.ndarray, np.ndarray]:
+def find(corpus: Corpus, raw_queries: np.ndarray, k: int, rescore: Corpus | None = None,
+         candidates: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """(row indices [q, k], scores [q, k]) of the nearest stored rows; two-stage when ``rescore`` is given.
 
-    Scores: cosine for dense representations, negative squared L2 for PQ (faiss's ADC distance).
+    Scores: cosine for dense representations, negative squared L2 for PQ (faiss's ADC distance); after
+    re-ranking, cosine in the re-ranking representation.
     """
-    first_k = max(k, candidates) if rescore else k
-    scores, rows = corpus.index().search(corpus.query_vectors(raw_queries), min(first_k, len(corpus.ids)))
-    if not corpus.representation.dense:
-        scores = -scores
+    first_k = min(max(k, candidates) if rescore else k, len(corpus.ids))
+    rows, scores = search.search(corpus.representation, corpus.stored, raw_queries, max(first_k, 1))
     if rescore is None:
-        return rows, scores
-    position = {id_: i for i, id_ in enumerate(rescore.ids)}
-    fine = rescore.query_vectors(raw_queries) if rescore.representation.dense else raw_queries
-    out_rows, out_scores = [], []
-    for q, row in enumerate(rows):
-        ids = [corpus.ids[r] for r in row if r >= 0]
-        vectors = _unit(rescore.representation.decode(rescore.stored[[position[i] for i in ids]]))
-        sims = vectors @ _unit(fine[q:q + 1])[0]
-        order = np.lexsort((row[:len(ids)], -sims))[:k]
-        out_rows.append(row[order])
-        out_scores.append(sims[order])
-    return np.stack(out_rows), np.stack(out_scores)
+        return rows[:, :k], scores[:, :k]
+    position = np.array([rescore.position[i] for i in corpus.ids])
+    fine_rows, fine_scores = search.rerank(np.where(rows >= 0, position[np.maximum(rows, 0)], -1),
+                                           rescore.representation.query(raw_queries), rescore.vectors, k)
+    back = np.argsort(position)  # rescore row -> corpus row
+    return np.where(fine_rows >= 0, back[np.maximum(fine_rows, 0)], -1), fine_scores
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -168,11 +154,10 @@ def main(argv: list[str] | None = None) -> dict:
     if rescore is not None and set(rescore.ids) != set(corpus.ids):
         raise InputError(f"--rescore {args.rescore} does not hold the same ids as {args.corpus}")
     labels, raw = raw_queries(args, corpus)
-    rows, scores = search(corpus, raw, args.k, rescore, args.candidates)
+    rows, scores = find(corpus, raw, args.k, rescore, args.candidates)
     texts = corpus.texts
     if texts is None and rescore is not None and rescore.texts is not None:  # ids and vectors only: borrow texts
-        position = {id_: i for i, id_ in enumerate(rescore.ids)}
-        texts = [rescore.texts[position[i]] for i in corpus.ids]
+        texts = [rescore.texts[rescore.position[i]] for i in corpus.ids]
     print(f"{len(corpus.ids):,} vectors stored as {corpus.representation.name} "
           f"({corpus.representation.bytes_per_vector} bytes each)" + (f", re-ranked with {rescore.representation.name}"
                                                                        if rescore else ""))

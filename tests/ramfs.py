@@ -11,9 +11,8 @@ runners that stay in this process (the default in-memory DirectRunner).
 from __future__ import annotations
 
 import tensorflow as tf
+from apache_beam.io.filesystem import BeamIOError, CompressedFile, CompressionTypes, FileMetadata, FileSystem
 from tensorflow.python.lib.io import file_io
-from apache_beam.io.filesystem import (BeamIOError, CompressedFile, CompressionTypes, FileMetadata,
-                                       FileSystem)
 
 gfile = tf.io.gfile
 PREFIX = "ram://"

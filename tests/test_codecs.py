@@ -1,7 +1,6 @@
 """Codec artifacts end to end: fit-codec (tf.Transform ranges, faiss PQ), reduce with them, search them."""
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -12,11 +11,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines import fit_codec, reduce, search
 from core import codecs, manifests, quantization
 from core.dataset import read_all
 from core.errors import ArtifactError, InputError
-from core.pq import PQCodec
+from core.evaluation import metrics
+from pipelines import fit_codec, reduce, search
 from tests.fixtures import correlated_vectors, reseal, write_embedding_dataset, write_linear_reducer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,10 +124,14 @@ def test_search_finds_what_exact_search_finds_in_every_representation(work):
         if not out.exists():
             reduce.main(["--input", str(work / "emb"), "--reducer", str(work / codec), "--output", str(out)])
         corpus = search.Corpus.load(str(out))
-        rows, _ = search.search(corpus, queries, 5)
+        rows, _ = search.find(corpus, queries, 5)
         representation = corpus.representation
         decoded = representation.decode(corpus.stored)
-        expected = np.argsort(-representation.scores(representation.query(queries), decoded), axis=1)[:, :5]
+        if representation.dense:  # cosine of what is stored
+            scores = metrics.normalize_rows(representation.query(queries)) @ metrics.normalize_rows(decoded).T
+        else:  # asymmetric L2 of the raw query to the decoded codes
+            scores = -((queries[:, None, :] - decoded[None]) ** 2).sum(-1)
+        expected = np.argsort(-scores, axis=1, kind="stable")[:, :5]
         assert [[corpus.ids[r] for r in row] for row in rows] == [[corpus.ids[r] for r in row] for row in expected]
         assert [corpus.ids[row[0]] for row in rows] == [ids[5], ids[77], ids[300]]  # each finds itself first
 

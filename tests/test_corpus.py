@@ -20,10 +20,10 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from core import deadletter as dl
-from transforms.runner import counter_values, create_pipeline, run_and_wait
 from core.errors import InputError
 from core.textnorm import normalize, text_id
 from transforms.corpus import DEAD, ReadCorpus
+from transforms.runner import counter_values, create_pipeline, run_and_wait
 
 
 @dataclass

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import embed, fit_pca, reduce, run, sample_corpus
-from core import dataset, outputs
+from core import outputs
 from core.errors import ArtifactError, DataError, InputError
+from pipelines import embed, fit_pca, reduce, run, sample_corpus
 from tests.fixtures import correlated_vectors, read_records, write_embedding_dataset, write_linear_reducer
 from tests.hub_models import save_text_encoder
 

@@ -1,7 +1,6 @@
 """Data loaders: STS benchmark (real files when present), download cache, golden sets."""
 from __future__ import annotations
 
-
 import json
 import tarfile
 from pathlib import Path

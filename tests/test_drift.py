@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.evaluation import drift
 from core import pca as pca_math
+from core.evaluation import drift
 
 
 def _data(rng, basis, n):

@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import embed
 from core import records
 from core.errors import ArtifactError, InputError
 from core.manifests import read as read_manifest
 from core.textnorm import normalize, text_id
+from pipelines import embed
 from tests.fixtures import read_records
 from tests.hub_models import save_text_encoder
 

@@ -28,12 +28,12 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import sample_corpus
 from core import deadletter as dl
-from transforms.runner import counter_values, create_pipeline, run_and_wait
 from core.textnorm import normalize, text_id
+from pipelines import sample_corpus
 from tests.hub_models import save_text_encoder
 from transforms.corpus import DEAD, ReadCorpus
+from transforms.runner import counter_values, create_pipeline, run_and_wait
 
 MAX_CHARS = 2000
 STRUCTURED = ("text", "id")  # --text_field, --id_field of the structured job

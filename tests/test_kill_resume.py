@@ -16,10 +16,10 @@ import time
 import numpy as np
 import pytest
 
-from core.errors import ArtifactError
 from core import manifests
-from pipelines import embed, fit_pca, reduce, sample_corpus
+from core.errors import ArtifactError
 from core.reducers import load_reducer
+from pipelines import embed, fit_pca, reduce, sample_corpus
 from tests.fixtures import correlated_vectors, read_records, write_embedding_dataset
 from tests.hub_models import save_text_encoder
 

@@ -62,39 +62,6 @@ def test_human_correlation_hand_value():
     assert out["pearson"] == pytest.approx(cc @ sc / math.sqrt((cc @ cc) * (sc @ sc)))
 
 
-def test_top_k_exact_with_self_exclusion():
-    corpus = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0], [0.7, 0.7]])
-    idx, sc = metrics.top_k(corpus[[0, 2]], corpus, k=3, exclude=np.array([0, 2]))
-    # From [1,0]: cos to rows 1 (0.994), 4 (0.707), 2 (0), 3 (-1); row 0 excluded.
-    np.testing.assert_array_equal(idx, [[1, 4, 2], [4, 1, 0]])
-    assert sc[0, 0] == pytest.approx(0.9 / math.hypot(0.9, 0.1), abs=1e-6)
-    idx_self, _ = metrics.top_k(corpus[[0]], corpus, k=1)
-    assert idx_self[0, 0] == 0  # without exclusion the query finds itself
-
-
-def test_top_k_blocking_matches_one_block_and_breaks_ties_by_index():
-    rng = np.random.default_rng(1)
-    corpus = rng.normal(size=(300, 16)).astype(np.float32)
-    queries = rng.normal(size=(37, 16)).astype(np.float32)
-    one, s_one = metrics.top_k(queries, corpus, k=10)
-    tiny, s_tiny = metrics.top_k(queries, corpus, k=10, block_bytes=1)  # one query per block
-    np.testing.assert_array_equal(one, tiny)
-    brute = np.argsort(-(metrics.normalize_rows(queries) @ metrics.normalize_rows(corpus).T), axis=1,
-                       kind="stable")[:, :10]
-    np.testing.assert_array_equal(one, brute)
-    dup = np.array([[1.0, 0.0]] * 4 + [[0.0, 1.0]])
-    idx, _ = metrics.top_k(np.array([[1.0, 0.0]]), dup, k=2)
-    np.testing.assert_array_equal(idx, [[0, 1]])
-
-
-def test_top_k_groups_pad_short_rows():
-    corpus = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [1.0, 0.1]])
-    idx, sc = metrics.top_k(np.array([[1.0, 0.0]]), corpus, k=3,
-                            query_groups=np.array(["r1"]), corpus_groups=np.array(["r1", "r2", "r1", "r2"]))
-    np.testing.assert_array_equal(idx, [[0, 2, -1]])
-    assert np.isneginf(sc[0, 2])
-
-
 def test_neighbour_fidelity_hand_values():
     raw = np.array([[5, 6, 7]])
     # Identical lists: everything 1.
@@ -129,17 +96,3 @@ def test_labelled_retrieval_hand_values():
     assert padded["mrr@3"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="no relevant"):
         metrics.labelled_retrieval([["a"]], [{"a": 0}])
-
-
-def test_golden_retrieval_global_and_within_group():
-    docs = np.array([[1.0, 0.0], [0.9, 0.3], [0.0, 1.0]])
-    ids = ["a", "b", "c"]
-    query = np.array([[1.0, 0.05]])
-    # Globally "a" ranks first, the relevant "b" second: MRR 1/2.
-    out = metrics.golden_retrieval(query, docs, ids, [{"b": 1}], k=2)
-    assert out["mrr@2"] == pytest.approx(0.5)
-    assert out["ndcg@2"] == pytest.approx(1 / math.log2(3))
-    # Within its group ("a" is in another report) "b" is first: MRR 1.
-    within = metrics.golden_retrieval(query, docs, ids, [{"b": 1}], k=2, query_groups=np.array([2]),
-                                      doc_groups=np.array([1, 2, 2]))
-    assert within["mrr@2"] == 1.0 and within["ndcg@2"] == pytest.approx(1.0)

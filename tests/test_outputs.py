@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from core import files, layouts, manifests, outputs, records
-from core.errors import ArtifactError, InputError
+from core.errors import ArtifactError
 from core.outputs import OutputDir
 
 DEAD = "deadletter/deadletter-00000-of-00001.jsonl"

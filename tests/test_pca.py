@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from core import manifests, reducers, transform_fn
-from pipelines import fit_pca
 from core import pca as pca_math
 from core.errors import ArtifactError, InputError
+from pipelines import fit_pca
 from tests.fixtures import correlated_vectors, write_embedding_dataset
 from transforms import pca as pca_transform
 

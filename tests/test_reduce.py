@@ -8,13 +8,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from core import manifests, records
 from core import pca as pca_math
-from pipelines import reduce as reduce_job
-from core import reducers
+from core import records, reducers
 from core.errors import ArtifactError
-from transforms.datasets import read_tfrecords as shard_records
+from pipelines import reduce as reduce_job
 from tests.fixtures import correlated_vectors, read_records, reseal, write_embedding_dataset, write_linear_reducer
+from transforms.datasets import read_tfrecords as shard_records
 
 ROWS, DIM, K = 200, 64, 8
 BAD = [b"not a tf.Example", records.encode_example("short", np.ones(10), "t"),

@@ -18,14 +18,13 @@ import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import embed, fit_codec, fit_pca, reduce
-
 from core.dataset import EmbeddingDataset
 from core.reducers import load_reducer
-from transforms.embedding import EncoderModelHandler
-from tests.fixtures import correlated_vectors, write_embedding_dataset, write_linear_reducer, read_records
+from pipelines import embed, fit_codec, fit_pca, reduce
+from tests.fixtures import correlated_vectors, read_records, write_embedding_dataset, write_linear_reducer
 from tests.hub_models import save_text_encoder
 from tests.portable import portable_cluster
+from transforms.embedding import EncoderModelHandler
 
 REPO = Path(__file__).resolve().parents[1]
 SENTENCES = [f"Company {c} reported {m} up {p}% in the quarter." for c in "ABCDEFGH"
@@ -164,6 +163,7 @@ def test_fit_pca_and_reduce_in_multi_processing_mode_match_in_memory(tmp_path):
 
 def test_local_embedding_uses_a_worker_process_per_core_for_large_inputs(tmp_path, monkeypatch):
     from apache_beam.options.pipeline_options import DirectOptions
+
     from transforms import runner as beam_runner
 
     monkeypatch.setattr(beam_runner, "available_cores", lambda: 2)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.hub_models import save_text_encoder
-from pipelines import train as task
 from core import reducers
+from pipelines import train as task
+from tests.hub_models import save_text_encoder
 from trainer import export
 from trainer.model import DenseTied, build_autoencoder, rank_loss, reconstruction_loss, similarity_loss
 

@@ -13,14 +13,13 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
+from core import manifests
 from core.dataset import open_all
 from core.errors import ArtifactError, InputError
-from core import manifests
 from core.reducers import load_reducer
-from tests.fixtures import correlated_vectors, write_embedding_dataset, read_records
 from pipelines import train as task
+from tests.fixtures import correlated_vectors, read_records, write_embedding_dataset
 from trainer import data, export
 from trainer.model import build_autoencoder
 

@@ -48,9 +48,9 @@ from apache_beam.metrics import Metrics
 
 from core import deadletter as dl
 from core import files
+from core.errors import InputError
 from core.globs import expand_inputs
 from core.logs import Progress
-from core.errors import InputError
 from core.textnorm import normalize, text_id
 
 FORMATS = ("text", "csv", "tsv", "jsonl", "parquet")

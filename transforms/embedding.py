@@ -16,13 +16,12 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
 from core import deadletter as dl
-from core import records
-from core.logs import Progress
-from transforms.corpus import DEAD, FORMATS, NAMESPACE, ReadCorpus
-from transforms.dedupe import Deduplicate
-from core.encoders import DEFAULT_ENCODER, Encoder, load_encoder, validate_spec
-from core.machine import worker_threads
+from core.encoders import Encoder, load_encoder, validate_spec
 from core.errors import InputError
+from core.logs import Progress
+from core.machine import worker_threads
+from transforms.corpus import DEAD, NAMESPACE, ReadCorpus
+from transforms.dedupe import Deduplicate
 from transforms.sinks import DeadLetterCounter, reconcile
 
 log = logging.getLogger(__name__)

@@ -1,55 +1,11 @@
-"""The quality-per-byte frontier: streaming exact search, two-stage re-ranking, choosing and plotting.
-
-Numpy only. Rankings follow ``metrics.top_k``'s conventions: best first,
-ties broken by the lower corpus index, ``-1`` (score ``-inf``) pads rows
-with fewer than k results, and a query's ``exclude`` index never appears.
-
-The streaming top-k (``metrics.TopK``) packs each (score, index) pair into one
-sortable key, so ties resolve to the lower index without a per-row loop.
-"""
+"""The quality-per-byte frontier: choosing the representation to store within a budget, and plotting it."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import IO
 
-import numpy as np
-
 from core.errors import InputError
-from core.evaluation import metrics
-from core.evaluation.metrics import _PAD, _decode, _encode, _smallest
-
-def rescore(candidates: np.ndarray, query_vecs: np.ndarray,
-            lookup: Callable[[np.ndarray], np.ndarray], k: int, block: int = 256) -> np.ndarray:
-    """Second stage of two-stage search: re-rank each query's candidates by exact cosine.
-
-    ``candidates[i]`` are corpus indices (unique per row, ``-1`` for none) from a
-    cheap first stage; ``lookup(sorted unique indices) -> vectors`` fetches the
-    finer representation once per distinct candidate. Returns the top-k
-    indices (int64 [n_queries, k], ``-1`` padded), ties to the lower index.
-    """
-    candidates = np.asarray(candidates, dtype=np.int64)
-    if candidates.ndim != 2 or candidates.shape[0] != np.asarray(query_vecs).shape[0]:
-        raise ValueError(f"candidates must be [n_queries, m], got {candidates.shape} for "
-                         f"{np.asarray(query_vecs).shape[0]} queries")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    valid = candidates >= 0
-    unique, inverse = np.unique(candidates[valid], return_inverse=True)
-    vectors = metrics.normalize_rows(np.asarray(lookup(unique)))
-    queries = metrics.normalize_rows(query_vecs)
-    if vectors.shape != (unique.size, queries.shape[1]):
-        raise ValueError(f"lookup returned {vectors.shape}, expected {(unique.size, queries.shape[1])}")
-    position = np.zeros(candidates.shape, dtype=np.int64)
-    position[valid] = inverse
-    out = np.empty((candidates.shape[0], k), dtype=np.int64)
-    for start in range(0, candidates.shape[0], block):
-        rows = slice(start, start + block)
-        scores = np.einsum("qd,qmd->qm", queries[rows], vectors[position[rows]])
-        keys = _encode(scores, np.where(valid[rows], candidates[rows], 0))
-        keys[~valid[rows]] = _PAD
-        out[rows] = _decode(_smallest(keys, k))[0]
-    return out
 
 
 def _fidelity(row: Mapping) -> float:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from core.evaluation.textfiles import is_file, join, open_text
 
+
 @dataclass
 class GoldenSet:
     """A labelled retrieval set: documents, queries and graded relevance judgments.

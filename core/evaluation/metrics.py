@@ -16,9 +16,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-# top_k's working memory for one block of queries stays under about this many bytes.
-DEFAULT_BLOCK_BYTES = 256 * 1024 * 1024
-
 
 def _as_2d(x: np.ndarray, name: str) -> np.ndarray:
     x = np.asarray(x)
@@ -146,110 +143,35 @@ def _smallest(keys: np.ndarray, k: int) -> np.ndarray:
     return np.sort(keys, axis=1)
 
 
-def _chunk_best(scores: np.ndarray, offset: int, k: int) -> np.ndarray:
-    """Sorted keys of each row's k best columns: only scores at or above the row's k-th largest value
-    (ties included) are encoded, which is ~5x faster than keying the whole chunk."""
-    if np.isnan(scores).any():
-        raise ValueError("scores contain NaN")
-    if scores.shape[1] <= k:
-        return _smallest(_encode(scores, np.arange(offset, offset + scores.shape[1])[None, :]), k)
-    kth = np.partition(scores, scores.shape[1] - k, axis=1)[:, -k]
-    rows, cols = np.nonzero(scores >= kth[:, None])
-    keys = _encode(scores[rows, cols], cols + offset)
-    order = np.lexsort((keys, rows))
-    rows, keys = rows[order], keys[order]
-    rank = np.arange(len(rows)) - np.searchsorted(rows, rows)  # place within its row (rows are sorted)
-    best = np.full((scores.shape[0], k), _PAD)
-    keep = rank < k
-    best[rows[keep], rank[keep]] = keys[keep]
-    return best
-
-
 class TopK:
-    """Exact top-k over a corpus that arrives in chunks of columns.
+    """Exact top-k merged from candidate lists that arrive in any order (chunks of a corpus, re-ranked lists).
 
-    ``update(scores [n_queries, chunk], offset)`` scores corpus rows
-    ``offset .. offset + chunk - 1``; chunks may come in any order. Equals a
-    one-shot exact search over all the scores (``metrics.top_k`` for cosine
-    scores). Holds O(n_queries * k) keys plus one chunk while merging.
+    Equals one exact search over all the candidates: best score first, ties to the lower row.
+    Holds O(n_queries * k) keys.
     """
 
-    def __init__(self, n_queries: int, k: int, exclude: np.ndarray | None = None):
+    def __init__(self, n_queries: int, k: int):
         if n_queries < 0 or k < 1:
             raise ValueError(f"need n_queries >= 0 and k >= 1, got {n_queries} and {k}")
-        if exclude is not None:
-            exclude = np.asarray(exclude, dtype=np.int64).ravel()
-            if exclude.shape != (n_queries,):
-                raise ValueError(f"exclude needs one index per query ({n_queries}), got {exclude.shape}")
-        self.k, self.exclude = k, exclude
+        self.k = k
         self._keys = np.full((n_queries, k), _PAD, dtype=np.uint64)
 
-    def update(self, scores: np.ndarray, offset: int) -> None:
-        scores = np.array(scores, dtype=np.float32)  # a copy: exclusion writes into it
-        if scores.ndim != 2 or scores.shape[0] != self._keys.shape[0]:
-            raise ValueError(f"scores must be [{self._keys.shape[0]}, chunk], got {scores.shape}")
-        if offset < 0 or offset + scores.shape[1] - 1 > MAX_INDEX:
-            raise ValueError(f"corpus indices {offset}..{offset + scores.shape[1] - 1} out of 0..{MAX_INDEX}")
-        if self.exclude is not None:
-            rows = np.flatnonzero((self.exclude >= offset) & (self.exclude < offset + scores.shape[1]))
-            scores[rows, self.exclude[rows] - offset] = -np.inf
-        self._keys = _smallest(np.concatenate([self._keys, _chunk_best(scores, offset, self.k)], axis=1), self.k)
+    def add(self, indices: np.ndarray, scores: np.ndarray) -> None:
+        """Merge candidate lists: ``indices`` (corpus rows, ``-1`` for none) and their ``scores``, per query."""
+        indices, scores = np.asarray(indices, np.int64), np.asarray(scores, np.float32)
+        if indices.shape != scores.shape or indices.ndim != 2 or indices.shape[0] != self._keys.shape[0]:
+            raise ValueError(f"candidates must be two [{self._keys.shape[0]}, m] arrays, got {indices.shape} and "
+                             f"{scores.shape}")
+        if (indices > MAX_INDEX).any():
+            raise ValueError(f"corpus rows must be below {MAX_INDEX + 1}")
+        empty = (indices < 0) | ~np.isfinite(scores)
+        keys = _encode(np.where(empty, 0, scores), np.maximum(indices, 0))
+        keys[empty] = _PAD
+        self._keys = _smallest(np.concatenate([self._keys, keys], axis=1), self.k)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """(indices int64 [n_queries, k], scores float32 [n_queries, k]), best first."""
         return _decode(self._keys)
-
-
-def top_k(queries: np.ndarray, corpus: np.ndarray, k: int = 10, *,
-          exclude: np.ndarray | None = None,
-          query_groups: np.ndarray | None = None, corpus_groups: np.ndarray | None = None,
-          block_bytes: int = DEFAULT_BLOCK_BYTES) -> tuple[np.ndarray, np.ndarray]:
-    """Exact cosine top-k of each query over the corpus.
-
-    Queries are processed in blocks so that one block's score matrix stays
-    under ``block_bytes`` (a 100k x 512 corpus never materializes a full
-    queries x corpus matrix). ``exclude[i]`` is a corpus index that query i
-    must not retrieve (the query itself when queries are drawn from the
-    corpus; ``-1`` for none). With ``query_groups``/``corpus_groups`` a query
-    only ranks corpus rows of its own group (within-report retrieval).
-    Ties are broken by the lower corpus index, so results are deterministic.
-
-    Returns ``(indices, scores)``, each (n_queries, k); rows with fewer than
-    k candidates are padded with index -1 and score -inf.
-    """
-    q = normalize_rows(queries)
-    c = normalize_rows(corpus)
-    if q.shape[1] != c.shape[1]:
-        raise ValueError(f"queries have dim {q.shape[1]}, corpus has dim {c.shape[1]}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    n_q, n_c = q.shape[0], c.shape[0]
-    if exclude is not None:
-        exclude = np.asarray(exclude, dtype=np.int64).ravel()
-        if exclude.shape != (n_q,):
-            raise ValueError(f"exclude needs one index per query ({n_q}), got {exclude.shape}")
-        if (exclude >= n_c).any():
-            raise ValueError("exclude holds an index beyond the corpus")
-    if (query_groups is None) != (corpus_groups is None):
-        raise ValueError("give both query_groups and corpus_groups, or neither")
-    if query_groups is not None:
-        query_groups, corpus_groups = np.asarray(query_groups), np.asarray(corpus_groups)
-        if query_groups.shape != (n_q,) or corpus_groups.shape != (n_c,):
-            raise ValueError("query_groups/corpus_groups need one entry per query/corpus row")
-
-    indices = np.full((n_q, k), -1, dtype=np.int64)
-    scores = np.full((n_q, k), -np.inf, dtype=np.float32)
-    # Per score: float32 similarity, its uint64 key and the partition's copy.
-    block = max(1, int(block_bytes // (24 * max(n_c, 1))))
-    for start in range(0, n_q, block):
-        stop = min(start + block, n_q)
-        sims = q[start:stop] @ c.T  # float32 (b, n_c)
-        if query_groups is not None:
-            sims[query_groups[start:stop, None] != corpus_groups[None, :]] = -np.inf
-        top = TopK(stop - start, k, None if exclude is None else exclude[start:stop])
-        top.update(sims, 0)
-        indices[start:stop], scores[start:stop] = top.result()
-    return indices, scores
 
 
 def _reciprocal_rank(ranking: Sequence, relevant) -> float:
@@ -319,20 +241,3 @@ def labelled_retrieval(rankings: Sequence[Sequence], qrels: Sequence[Mapping], k
         ideal = sorted(relevant.values(), reverse=True)[:k]
         ndcg.append(_dcg([relevant.get(d, 0) for d in top]) / _dcg(ideal))
     return {f"mrr@{k}": float(np.mean(mrr)), f"ndcg@{k}": float(np.mean(ndcg)), "queries": len(mrr)}
-
-
-def golden_retrieval(query_vecs: np.ndarray, doc_vecs: np.ndarray, doc_ids: Sequence[str],
-                     qrels: Sequence[Mapping[str, int]], k: int = 10, *,
-                     query_groups: np.ndarray | None = None,
-                     doc_groups: np.ndarray | None = None) -> dict[str, float]:
-    """Exact top-k search of each query over the documents, scored against qrels.
-
-    ``qrels[i]`` judges query i (document id -> grade). With groups, each query
-    ranks only the documents of its own group (e.g. TAT-QA within-report
-    ranking by ``table_uid``); otherwise the search is global.
-    """
-    if len(doc_ids) != np.asarray(doc_vecs).shape[0]:
-        raise ValueError(f"{len(doc_ids)} document ids for {np.asarray(doc_vecs).shape[0]} vectors")
-    indices, _ = top_k(query_vecs, doc_vecs, k, query_groups=query_groups, corpus_groups=doc_groups)
-    rankings = [[doc_ids[i] for i in row if i >= 0] for row in indices]
-    return labelled_retrieval(rankings, qrels, k)
