@@ -47,6 +47,12 @@ TITLE = "Codecs: quality per stored byte"
 K, CANDIDATES = 10, 100
 AE_CONFIG = "cosine + sim 10 + rank 1, lr 1e-3, untied, batch 1024 x 30 epochs"  # the trainer's default recipe
 CALIBRATIONS = (("minmax", 0.0), ("quantile", 0.001), ("quantile", 0.005))
+
+
+def quantile_ranges(x: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
+    """int8 ranges that clip a fraction ``q`` of each tail (numpy's linear quantiles), for finer steps."""
+    lo, hi = np.quantile(np.asarray(x, np.float32), (q, 1 - q), axis=0)
+    return lo.astype(np.float32), hi.astype(np.float32)
 SAMPLE_SIZES = (10_000, 25_000, 50_000, 100_000)
 
 
@@ -214,7 +220,7 @@ def calibration_table(data: Data, pca128) -> list[str]:
     for space, reduce in (("raw 512-d", identity), ("PCA-128", pca128)):
         fitted, reduced = reduce(data.fit), reduce(data.corpus)
         for method, q in CALIBRATIONS:
-            codec = qz.Int8Codec(*qz.calibrate(fitted, method, q))
+            codec = qz.Int8Codec(*(qz.calibrate(fitted) if method == "minmax" else quantile_ranges(fitted, q)))
             codes, clipped = codec.encode(reduced)
             top, _ = dense_search(data, reduce, codec.decode(codes))
             fid = metrics.neighbour_fidelity(data.golden, top, K)

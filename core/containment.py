@@ -98,3 +98,11 @@ def check_separate(output: str, reads: list[str], probes: list[str], flag: str =
             raise InputError(f"{flag} {output} overlaps the input {read}: a job never writes where it reads "
                              "(it could destroy the input or read its own output); choose an output outside "
                              "every input")
+
+
+def check_files_outside(output: str, paths: list[str], flag: str = "--output") -> None:
+    """Refuse input files that resolve (symlinks followed) to inside the output: the job would read itself."""
+    inside = [p for p in paths if _overlap(p, output) and canonical(p).startswith(canonical(output).rstrip("/") + "/")]
+    if inside:
+        raise InputError(f"{flag} {output} overlaps the input: {inside[0]} resolves to inside it (through a "
+                         "symbolic link?); a job never reads its own output. Choose an output outside every input")

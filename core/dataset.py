@@ -192,14 +192,13 @@ def _parquet_batches(dataset: EmbeddingDataset, shard: str, batch_size: int, wit
             yield out
 
 
-def read_all(directory: str, kinds: str | tuple[str, ...] = KINDS, with_text: bool = True) -> dict:
-    """A whole (small) dataset in memory, for tests and tools: ``{'id', 'vector', 'text'}``."""
+def sample_vectors(dataset: EmbeddingDataset, size: int, seed: int = 0):
+    """A seeded uniform sample of ``size`` vectors from the whole dataset (one streaming pass)."""
     import numpy as np
 
-    dataset = EmbeddingDataset.open(directory, kinds)
-    batches = list(iter_batches([dataset], with_text=with_text and dataset.has_text))
-    if not batches:
-        width = dataset.dim
-        return {"id": [], "vector": np.zeros((0, width), np.uint8 if dataset.codes else np.float32), "text": []}
-    return {key: (np.concatenate([b[key] for b in batches]) if key == "vector" else sum((b[key] for b in batches), []))
-            for key in batches[0]}
+    from core.evaluation.sampling import SmallestKeys, seeded_keys
+
+    sample = SmallestKeys(size)
+    for batch in iter_batches([dataset]):
+        sample.add(seeded_keys(batch["id"], seed), vectors=batch["vector"])
+    return sample.result().get("vectors", np.zeros((0, dataset.dim), np.float32))

@@ -65,6 +65,16 @@ def list_tree(directory: str) -> list[str]:
     return [p for p in list_files(prefix + "**") if p.startswith(prefix)]
 
 
+def symlinks(directory: str) -> list[str]:
+    """Every symbolic link below a local ``directory`` (to files or directories), sorted; none for URLs."""
+    if is_url(directory):
+        return []
+    found = []
+    for root, dirs, names in os.walk(directory):
+        found += [os.path.join(root, n) for n in dirs + names if os.path.islink(os.path.join(root, n))]
+    return sorted(found)
+
+
 def sizes(paths: list[str]) -> dict[str, int | None]:
     """Size in bytes of each path, None for a missing one."""
     out: dict[str, int | None] = {}
@@ -132,22 +142,49 @@ def write_text(path: str, text: str) -> None:
 
 
 def delete(paths: list[str]) -> None:
-    """Delete these files (never directories); missing ones are ignored."""
-    present = [p for p in paths if exists(p)]
-    if present:
-        FileSystems.delete(present)
+    """Delete these files, never a directory (Beam's local delete would remove a whole tree); missing ones are
+    ignored."""
+    local = [p for p in paths if not is_url(p)]
+    for path in local:
+        if os.path.isdir(path) and not os.path.islink(path):
+            raise IsADirectoryError(f"refusing to delete {path}: it is a directory, not a file this tool wrote")
+    for path in local:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    remote = [p for p in paths if is_url(p) and exists(p)]
+    if remote:
+        FileSystems.delete(remote)
 
 
-def remove_empty_dirs(directory: str) -> None:
-    """Remove empty directories below ``directory`` (local paths; object stores have none)."""
-    if is_url(directory) or not os.path.isdir(directory):
+def copy_tree(source: str, target: str) -> list[str]:
+    """Copy every file below ``source`` to the same place below ``target``; the files written."""
+    written = []
+    for path in list_tree(source):
+        destination = join(target, relative(path, source))
+        if not is_url(destination):
+            os.makedirs(os.path.dirname(destination), exist_ok=True)
+        with open_read(path) as f, create(destination) as g:
+            while chunk := f.read(1 << 22):
+                g.write(chunk)
+        written.append(destination)
+    return written
+
+
+def prune_dirs(paths: list[str], root: str) -> None:
+    """Remove the now empty directories that held ``paths``, up to (not including) ``root`` (local paths)."""
+    if is_url(root):
         return
-    for root, dirs, _ in os.walk(directory, topdown=False):
-        for name in dirs:
+    root = os.path.abspath(root)
+    parents = sorted({os.path.dirname(os.path.abspath(p)) for p in paths}, key=len, reverse=True)
+    for parent in parents:
+        while parent.startswith(root + os.sep) and os.path.isdir(parent) and not os.path.islink(parent):
             try:
-                os.rmdir(os.path.join(root, name))
+                os.rmdir(parent)
             except OSError:
-                pass  # not empty
+                break  # not empty
+            parent = os.path.dirname(parent)
 
 
 def remove_if_empty(directory: str) -> None:
@@ -157,6 +194,5 @@ def remove_if_empty(directory: str) -> None:
     if is_url(directory):
         if exists(directory):
             FileSystems.delete([directory])
-    elif os.path.isdir(directory):
-        remove_empty_dirs(directory)
+    elif os.path.isdir(directory) and not os.listdir(directory):
         os.rmdir(directory)

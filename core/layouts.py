@@ -26,15 +26,18 @@ def _saved_model(directory: str) -> str:
 
 
 HEAD = _saved_model("head")
+# What Keras writes while training: the CSV log, checkpoints, BackupAndRestore's state, TensorBoard events.
+TRAINING = (r"train/(?:history\.csv|checkpoints/(?:last|best)\.keras|backup/[\w.-]+|"
+            r"(?:logs/(?:train|validation)/)?events\.out\.tfevents\.[\w.-]+)")
 
 _KINDS = {
     "embeddings": (SHARDS, r"schema\.pbtxt", DEADLETTERS),
     "reduced": (SHARDS, r"schema\.pbtxt", DEADLETTERS),
     "pca": (WEIGHTS, HEAD, _saved_model("transform_fn"), r"transformed_metadata/[^/]+", DEADLETTERS),
-    "autoencoder": (WEIGHTS, HEAD, r"model\.keras", _saved_model("text_model"), r"train/.+",
+    "autoencoder": (WEIGHTS, HEAD, r"model\.keras", _saved_model("text_model"), TRAINING,
                     r"deadletter/non_finite\.jsonl"),
     "codec": (WEIGHTS, r"index\.faiss", HEAD, DEADLETTERS),
-    "report": (r"report\.json", r"report\.md", r"[a-z0-9_]+\.png"),
+    "report": (r"report\.json", r"report\.md", r"(?:frontier|sts_scatter)\.png"),
 }
 # Temporary files of our own atomic writes (".<8 hex>.<name>.tmp"), Beam's sinks
 # ("beam-temp-<prefix>-<32 hex>/...") and reduce's shard parts.

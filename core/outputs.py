@@ -58,6 +58,11 @@ class OutputDir:
     def check(self) -> OutputDir:
         """Refuse an output that overlaps what the job reads (call it before any work; ``claim`` calls it too)."""
         containment.check_separate(self.directory, self.reads, layouts.probes())
+        links = files.symlinks(self.directory) if files.exists(self.directory) else []
+        if links:
+            raise ArtifactError(f"{self.directory} holds symbolic links ({', '.join(self._rel(p) for p in links[:3])}); "
+                                "a job writes only into plain directories, never through a link: remove them or "
+                                "choose another output")
         return self
 
     def claim(self, overwrite: bool = False, resume: bool = False) -> OutputDir:
@@ -68,6 +73,10 @@ class OutputDir:
         self._locked = True
         try:
             pending = read_pending(self.directory)
+            if pending and pending["kind"] != self.kind:
+                raise ArtifactError(f"{self.directory} holds the leftovers of an interrupted '{pending['kind']}' run; "
+                                    f"run that job again to finish or clear it, or delete {self.pending_path} and "
+                                    "its files by hand")
             if resume and pending and (pending["kind"], pending["fingerprint"]) == (self.kind, self.fingerprint):
                 log.info("resuming the interrupted run in %s", self.directory)
                 self._foreign = {self.path(rel) for rel in pending["foreign"]}
@@ -91,7 +100,6 @@ class OutputDir:
     def commit(self, body: dict) -> dict:
         """Write the manifest (listing the files this run wrote) and let the directory go."""
         self._delete_temp()
-        files.remove_empty_dirs(self.directory)
         written = [self._rel(p) for p in files.list_tree(self.directory)
                    if p not in self._foreign and layouts.owns(self.kind, self._rel(p))]
         manifest = manifests.write(self.directory, self.kind, {**body, "fingerprint": self.fingerprint}, written)
@@ -134,7 +142,6 @@ class OutputDir:
         if ours:
             log.info("clearing %d file(s) of an earlier run in %s", len(ours), self.directory)
             delete_contained(self.directory, sorted(ours))
-            files.remove_empty_dirs(self.directory)
 
     def _previous_files(self, overwrite: bool) -> set[str]:
         """Files a finished earlier run listed (refused unless the same run or ``overwrite``), and its manifest."""
@@ -203,7 +210,11 @@ def delete_contained(directory: str, paths: list[str]) -> None:
     outside = [p for p in paths if not containment.is_inside(p, directory)]
     if outside:
         raise ArtifactError(f"refusing to delete {outside[0]}: it is not inside {directory}")
-    files.delete(paths)
+    try:
+        files.delete(paths)
+    except IsADirectoryError as e:
+        raise ArtifactError(f"{e}; nothing more was deleted") from None
+    files.prune_dirs(paths, directory)
 
 
 def remove_output(directory: str) -> None:
@@ -214,7 +225,6 @@ def remove_output(directory: str) -> None:
     listed = owned_listing(directory, manifest["kind"], [e["path"] for e in manifest["files"]],
                            manifests.path(directory))
     delete_contained(directory, listed + [manifests.path(directory)])
-    files.remove_empty_dirs(directory)
     files.remove_if_empty(directory)
 
 
@@ -234,6 +244,9 @@ def acquire(lock_path: str) -> None:
         if _create_exclusive(lock_path, record):
             return
         holder = _read_lock(lock_path)
+        if not holder:
+            raise ArtifactError(f"{lock_path} is damaged (not a lock this tool wrote); if no run is using "
+                                f"{os.path.dirname(lock_path) or lock_path}, delete it and run again")
         if not _is_stale(holder):
             raise ArtifactError(
                 f"{os.path.dirname(lock_path) or lock_path} is in use by another run (host {holder.get('host')}, "

@@ -50,9 +50,9 @@ def _split(index: faiss.Index) -> tuple[faiss.Index, faiss.IndexPQ, bool]:
     if index.chain.size() != 1:
         raise ArtifactError(f"expected one OPQ rotation before the PQ, got {index.chain.size()} transforms")
     rotation = faiss.downcast_VectorTransform(index.chain.at(0))
-    if not isinstance(rotation, faiss.LinearTransform) or rotation.d_in != rotation.d_out:
-        raise ArtifactError(f"expected a square OPQ rotation, got a {type(rotation).__name__} "
-                            f"({rotation.d_in} -> {rotation.d_out} dims)")
+    if not isinstance(rotation, faiss.LinearTransform) or rotation.d_in != rotation.d_out or rotation.have_bias:
+        raise ArtifactError(f"expected a square OPQ rotation without bias, got a {type(rotation).__name__} "
+                            f"({rotation.d_in} -> {rotation.d_out} dims{', with a bias' if rotation.have_bias else ''})")
     inner = faiss.downcast_index(index.index)
     if not isinstance(inner, faiss.IndexPQ):
         raise ArtifactError(f"expected an IndexPQ after the OPQ rotation, got a {type(inner).__name__}")
@@ -161,10 +161,8 @@ def _pq_index(d: int, m: int, nbits: int, metric: str, n: int, seed: int, niter:
     return index
 
 
-def _opq_rotation(x: np.ndarray, m: int, nbits: int, seed: int, niter: int, rows: int) -> faiss.OPQMatrix:
-    """An OPQ rotation trained on ``rows`` seeded random rows of ``x``; its random start and inner PQ follow ``seed``."""
-    if rows and rows < len(x):
-        x = x[np.sort(_rng(seed, 2).choice(len(x), rows, replace=False))]
+def _opq_rotation(x: np.ndarray, m: int, nbits: int, seed: int, niter: int) -> faiss.OPQMatrix:
+    """An OPQ rotation trained on the rows of ``x``; its random start and inner PQ follow ``seed``."""
     d = x.shape[1]
     opq = faiss.OPQMatrix(d, m)
     opq.niter, opq.max_train_points = niter, len(x)
@@ -178,14 +176,12 @@ def _opq_rotation(x: np.ndarray, m: int, nbits: int, seed: int, niter: int, rows
 
 
 def train_pq(sample: np.ndarray, m: int, nbits: int = 8, opq: bool = True, seed: int = 0,
-             niter: int = 25, opq_niter: int = 50, opq_rows: int = 0,
-             metric: str = DEFAULT_METRIC) -> PQCodec:
+             niter: int = 25, opq_niter: int = 50, metric: str = DEFAULT_METRIC) -> PQCodec:
     """Train an OPQ+PQ (or plain PQ) codec of ``m`` sub-quantizers x ``nbits`` on the rows of ``sample``.
 
-    The PQ k-means (``niter`` iterations) uses every row. The OPQ rotation
-    (``opq_niter`` alternating rotation/PQ rounds) uses ``opq_rows`` seeded
-    random rows (0: all): each round re-trains a PQ, so the rotation costs
-    about ``opq_niter / 5`` PQ trainings on its rows. Equal inputs and seed give
+    The PQ k-means (``niter`` iterations) and the OPQ rotation (``opq_niter``
+    alternating rotation/PQ rounds: each round re-trains a PQ, so the rotation
+    costs about ``opq_niter / 5`` PQ trainings) use every row. Equal inputs and seed give
     an equal codec. Codes take ``ceil(m * nbits / 8)`` bytes.
     """
     x = np.asarray(sample)
@@ -199,31 +195,26 @@ def train_pq(sample: np.ndarray, m: int, nbits: int = 8, opq: bool = True, seed:
         raise ValueError(f"nbits must be in 1..16, got {nbits}")
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
-    if n < (1 << nbits) or (opq and 0 < opq_rows < (1 << nbits)):
-        raise ValueError(f"training needs at least 2**nbits = {1 << nbits} rows, got {min(n, opq_rows or n)}")
+    if n < (1 << nbits):
+        raise ValueError(f"training needs at least 2**nbits = {1 << nbits} rows, got {n}")
     if n < MIN_ROWS_PER_CENTROID * (1 << nbits):
         warnings.warn(f"PQ trained on {n} rows; faiss recommends >= {MIN_ROWS_PER_CENTROID * (1 << nbits)}",
                       stacklevel=2)
     index = _pq_index(d, m, nbits, metric, n, seed, niter)
     if opq:
-        index = faiss.IndexPreTransform(_opq_rotation(x, m, nbits, seed, opq_niter, opq_rows), index)
+        index = faiss.IndexPreTransform(_opq_rotation(x, m, nbits, seed, opq_niter), index)
     index.train(x)  # the rotation is trained already: this trains the PQ on the rotated rows
     # A serialization round trip leaves an index that owns everything (no borrowed OPQ pointer).
     return PQCodec.from_bytes(faiss.serialize_index(index).tobytes())
 
 
-def search_index(codec: PQCodec, codes: np.ndarray, metric: str | None = None) -> faiss.Index:
+def search_index(codec: PQCodec, codes: np.ndarray) -> faiss.Index:
     """A faiss index holding ``codes`` (row i = id i) for ADC search with raw float32 queries.
 
     Equivalent to ``add()``-ing the vectors the codes came from, without re-encoding.
-    ``metric`` overrides the codec's search metric ("ip" or "l2").
     """
     codes = _codes(codes, codec.code_size)
     index, pq_index, _ = _split(faiss.clone_index(codec.index))
-    if metric is not None:
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
-        pq_index.metric_type = METRICS[metric]
     pq_index.add_sa_codes(codes)
     index.ntotal = pq_index.ntotal
     return index

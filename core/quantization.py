@@ -146,29 +146,16 @@ def codec_from_dict(d: Mapping) -> DenseCodec:
     raise ValueError(f"unknown codec precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
 
 
-def calibrate(x: np.ndarray, method: str = "minmax", q: float = 0.001) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension int8 range ``(lo, hi)`` (float32 [k] each) of the rows of ``x``.
-
-    ``minmax``: column minimum and maximum (tft.min / tft.max); nothing in ``x`` clips.
-    ``quantile``: ``np.quantile(x, q, axis=0)`` and ``np.quantile(x, 1 - q, axis=0)``
-    (numpy's default linear interpolation): a fraction ``q`` of each tail clips, in
-    exchange for finer steps (tft.quantiles with 1/q buckets approximates it).
-    """
+def calibrate(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension int8 range ``(lo, hi)`` (float32 [k] each): the column minimum and maximum of ``x``
+    (``tft.min`` / ``tft.max``, as fit-codec computes them), so nothing in ``x`` clips."""
     x = _finite_float32(x, None)
     if x.shape[0] == 0:
         raise ValueError("calibration needs at least one row")
-    if method == "minmax":
-        return x.min(axis=0), x.max(axis=0)
-    if method == "quantile":
-        if not 0 < q < 0.5:
-            raise ValueError(f"q is the clipped fraction of each tail and must be in (0, 0.5), got {q}")
-        lo, hi = np.quantile(x, (q, 1 - q), axis=0)
-        return lo.astype(np.float32), hi.astype(np.float32)
-    raise ValueError(f"unknown calibration method {method!r}; expected 'minmax' or 'quantile'")
+    return x.min(axis=0), x.max(axis=0)
 
 
-def fit_codec(precision: str, x: np.ndarray | None = None, method: str = "minmax",
-              q: float = 0.001) -> DenseCodec:
+def fit_codec(precision: str, x: np.ndarray | None = None) -> DenseCodec:
     """A codec for ``precision``; int8 is calibrated on the rows of ``x``."""
     if precision == "float32":
         return Float32Codec()
@@ -177,5 +164,5 @@ def fit_codec(precision: str, x: np.ndarray | None = None, method: str = "minmax
     if precision == "int8":
         if x is None:
             raise ValueError("an int8 codec needs calibration rows x")
-        return Int8Codec(*calibrate(x, method, q))
+        return Int8Codec(*calibrate(x))
     raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")

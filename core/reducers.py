@@ -101,8 +101,9 @@ class Head:
             raise ArtifactError(f"{directory}/{entry['weights']} is not a readable array file: {e}") from None
         try:
             return cls(tuple(entry["steps"]), arrays)
-        except ValueError as e:
-            raise ArtifactError(f"{directory}: {e}") from None
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise ArtifactError(f"{directory}/{WEIGHTS} with its manifest's steps is not a valid reduction: "
+                                f"{type(e).__name__}: {e}") from None
 
     def export_saved_model(self, path: str, more_signatures=None) -> None:
         """Write this computation as a TF SavedModel at ``path`` (for serving; never loaded by this project).
@@ -119,15 +120,19 @@ class Head:
 def _check_steps(steps: tuple, arrays: dict) -> None:
     """ValueError unless every step is allow-listed, names existing float arrays, and the shapes chain."""
     for name, value in arrays.items():
-        if not isinstance(value, np.ndarray) or value.dtype.kind != "f" or not np.isfinite(value).all():
-            raise ValueError(f"weight {name!r} is not a finite float array")
+        if not isinstance(value, np.ndarray) or value.dtype.kind != "f" or value.ndim not in (1, 2) \
+                or not np.isfinite(value).all():
+            raise ValueError(f"weight {name!r} is not a finite float vector or matrix")
     for step in steps:
         if not isinstance(step, dict) or step.get("op") not in OPS:
             raise ValueError(f"unknown reduction step {step!r}; allowed: {', '.join(OPS)}")
-        names = [step.get(k) for k in ("array", "kernel", "bias") if step.get(k) is not None]
-        if any(n not in arrays for n in names):
+        wanted = {"subtract": ("array",), "dense": ("kernel", "bias", "activation"), "l2_normalize": ()}[step["op"]]
+        if set(step) != {"op", *wanted}:
+            raise ValueError(f"step {step} must have exactly the keys op, {', '.join(wanted) or '(none)'}")
+        names = [step[k] for k in ("array", "kernel", "bias") if step.get(k) is not None]
+        if not all(isinstance(n, str) and n in arrays for n in names):
             raise ValueError(f"step {step} names a missing weight")
-        if step["op"] == "dense" and step.get("activation") not in ACTIVATIONS:
+        if step["op"] == "dense" and (not isinstance(step["activation"], str) or step["activation"] not in ACTIVATIONS):
             raise ValueError(f"activation {step.get('activation')!r} is not one of {', '.join(ACTIVATIONS)}")
     _dims(steps, arrays)
 

@@ -12,6 +12,7 @@ flush and leave with ``os._exit`` so that teardown never decides the code.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import os
@@ -19,10 +20,13 @@ import re
 import signal
 import sys
 import traceback
+from dataclasses import dataclass
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from core import config as cfg
 from core import logs
+from core.config import option
 from core.encoders import DEFAULT_ENCODER
 from core.errors import NAMES, ShrinkError
 from transforms.corpus import FORMATS
@@ -158,24 +162,44 @@ def _all_subclasses(cls):
         yield from _all_subclasses(sub)
 
 
-def add_corpus_flags(parser) -> None:
-    """The flags that say how to read and embed a corpus: shared by ``embed`` and ``reduce --text_input``."""
-    parser.add_argument("--input_format", default="auto", choices=["auto", *FORMATS],
-                        help="auto: by file extension (.txt .csv .tsv .jsonl .parquet, optionally .gz/.bz2), else text")
-    parser.add_argument("--text_field", help="column/field holding the sentence (CSV, TSV, JSONL, Parquet)")
-    parser.add_argument("--id_field", help="optional column/field with a record id (string or integer); "
-                                           "default: a hash of the normalized sentence")
-    parser.add_argument("--encoder", default=DEFAULT_ENCODER,
-                        help="'use-m3' (offline USE multilingual v3) or 'tfhub:<handle or SavedModel path>'")
-    parser.add_argument("--embedding_dim", type=int, default=512,
-                        help="dimension the encoder must return; other vectors are dead-lettered")
-    parser.add_argument("--max_chars", type=int, default=10_000,
-                        help="longer sentences (after normalization) are dead-lettered, not truncated")
-    parser.add_argument("--allow_partial_files", action=argparse.BooleanOptionalAction, default=False,
-                        help="succeed although input files were truncated or unreadable (they are dead-lettered)")
-    parser.add_argument("--encoder_threads", type=int, default=0,
-                        help="BLAS threads per worker process; 0 = its share of the machine's cores")
-    parser.add_argument("--max_batch_size", type=int, default=1024, help="largest encoder batch")
+@dataclass(frozen=True, kw_only=True)
+class CorpusFields:
+    """How to read and embed a corpus: the fields ``embed`` and ``reduce --text_input`` share (declared once)."""
+
+    input_format: str = option("auto", "auto: by file extension (.txt .csv .tsv .jsonl .parquet, optionally .gz/.bz2), "
+                                       "else text", choices=["auto", *FORMATS])
+    text_field: str | None = option(None, "column/field holding the sentence (CSV, TSV, JSONL, Parquet)")
+    id_field: str | None = option(None, "optional column/field with a record id (string or integer); default: a "
+                                        "hash of the normalized sentence")
+    encoder: str = option(DEFAULT_ENCODER, "'use-m3' (offline USE multilingual v3) or "
+                                           "'tfhub:<handle or SavedModel path>'")
+    embedding_dim: int = option(512, "dimension the encoder must return; other vectors are dead-lettered")
+    max_chars: int = option(10_000, "longer sentences (after normalization) are dead-lettered, not truncated")
+    allow_partial_files: bool = option(False, "succeed although input files were truncated or unreadable (they "
+                                              "are dead-lettered)")
+    encoder_threads: int = option(0, "BLAS threads per worker process; 0 = its share of the machine's cores")
+    max_batch_size: int = option(1024, "largest encoder batch")
+
+
+CORPUS_FIELDS = tuple(f.name for f in dataclasses.fields(CorpusFields))
+RUNTIME_FIELDS = ("encoder_threads", "max_batch_size")  # how fast, never what: not part of a fingerprint
+
+
+def job_parser(prog: str, doc: str, cls: type) -> argparse.ArgumentParser:
+    """A command's parser: its description and one flag per field of its config."""
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog=prog, description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    cfg.add_flags(parser, cls)
+    return parser
+
+
+def parse_config(parser: argparse.ArgumentParser, cls: type, argv: list[str] | None, beam: bool = True):
+    """``(config, Beam pipeline options)`` from argv; a Beam job's unknown flags must be Beam options."""
+    if beam:
+        args, options = parse_job_args(parser, argv)
+    else:
+        args, options = parser.parse_args(argv), None
+    return cfg.from_namespace(cls, args, parser=parser), options
 
 
 if __name__ == "__main__":

@@ -25,12 +25,13 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from core import config as cfg
-from core import dataset, files, manifests, records
+from core import containment, dataset, files, manifests, records
+from core.config import option
 from core.dataset import EmbeddingDataset, open_all, shard_entries
-from core.encoders import DEFAULT_ENCODER, validate_spec
+from core.encoders import validate_spec
 from core.errors import ArtifactError, InputError
 from core.outputs import OutputDir
-from pipelines.cli import add_corpus_flags, parse_job_args
+from pipelines.cli import RUNTIME_FIELDS, CorpusFields, job_parser, parse_config
 from transforms.corpus import NAMESPACE, ReadCorpus, check_patterns
 from transforms.datasets import BatchVectors, WriteDataset, to_records
 from transforms.dedupe import ReadPrevious
@@ -48,48 +49,28 @@ from transforms.sinks import DEAD, DEADLETTER_DIR, WriteDeadLetters
 log = logging.getLogger(__name__)
 
 
+INPUT_BYTES_PER_SHARD = 8 * 2**20  # ~80,000 news sentences: shards of ~200 MB of vectors
+MAX_SHARDS = 1000
+
+
 @dataclass(frozen=True)
-class EmbedConfig:
-    input: tuple[str, ...]
-    output: str
-    input_format: str = "auto"
-    text_field: str | None = None
-    id_field: str | None = None
-    encoder: str = DEFAULT_ENCODER
-    embedding_dim: int = 512
-    max_chars: int = 10_000
-    previous: tuple[str, ...] = ()
-    allow_partial_files: bool = False
-    encoder_threads: int = 0
-    num_shards: int = 0
-    max_batch_size: int = 1024
-    overwrite: bool = False
+class EmbedConfig(CorpusFields):
+    input: tuple[str, ...] = option(help="file pattern to read (repeatable); local or any Beam filesystem; "
+                                         ".gz/.bz2 decompressed")
+    output: str = option(help="output directory (new, empty, or an earlier embed output)")
+    previous: tuple[str, ...] = option((), "earlier embedding output whose ids are not embedded again (repeatable)")
+    num_shards: int = option(0, f"output shards; 0: one per {INPUT_BYTES_PER_SHARD // 2**20} MiB of input "
+                                f"(1 to {MAX_SHARDS})")
+    overwrite: bool = option(False, "replace an earlier embed output of different parameters in --output")
 
     def params(self) -> dict:
         """What decides the output (runtime knobs such as threads and shards do not)."""
-        return cfg.params(self, exclude=("output", "encoder_threads", "num_shards", "max_batch_size", "overwrite",
-                                         "previous"))
+        return cfg.params(self, exclude=("output", "num_shards", "overwrite", "previous", *RUNTIME_FIELDS))
 
 
 def make_parser() -> argparse.ArgumentParser:
     """The embedding job's own flags; standard Beam pipeline options pass through."""
-    p = argparse.ArgumentParser(allow_abbrev=False, prog="shrink embed", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", action="append", required=True,
-                   help="file pattern to read (repeatable); local or any Beam filesystem; .gz/.bz2 decompressed")
-    p.add_argument("--output", required=True, help="output directory (new, empty, or an earlier embed output)")
-    add_corpus_flags(p)
-    p.add_argument("--previous", action="append", default=[],
-                   help="earlier embedding output whose ids are not embedded again (repeatable)")
-    p.add_argument("--num_shards", type=int, default=0,
-                   help=f"output shards; 0: one per {INPUT_BYTES_PER_SHARD // 2**20} MiB of input (1 to {MAX_SHARDS})")
-    p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
-                   help="replace an earlier embed output of different parameters in --output")
-    return p
-
-
-INPUT_BYTES_PER_SHARD = 8 * 2**20  # ~80,000 news sentences: shards of ~200 MB of vectors
-MAX_SHARDS = 1000
+    return job_parser("shrink embed", __doc__, EmbedConfig)
 
 
 def default_shards(paths: list[str]) -> int:
@@ -143,6 +124,7 @@ def run(config: EmbedConfig, options: PipelineOptions) -> dict:
     validate_spec(config.encoder)
     OutputDir(config.output, "embeddings", "", [*config.input, *config.previous]).check()
     paths = check_patterns(config.input)
+    containment.check_files_outside(config.output, paths)
     previous = open_previous(config)
     params = {**config.params(), "previous": [[files.absolute(d.directory), d.digest] for d in previous]}
     out = OutputDir(config.output, "embeddings", manifests.fingerprint(params), [*config.input, *config.previous])
@@ -170,8 +152,7 @@ def run(config: EmbedConfig, options: PipelineOptions) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args, options = parse_job_args(make_parser(), argv)
-    return run(cfg.from_namespace(EmbedConfig, args), options)
+    return run(*parse_config(make_parser(), EmbedConfig, argv))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import numpy as np
 
 from core import codecs, files, manifests, reducers, search
 from core import config as cfg
+from core.config import option
 from core.dataset import EmbeddingDataset, in_holdout, iter_batches
 from core.encoders import load_encoder
 from core.evaluation import coded, frontier, golden, metrics, sts
@@ -43,6 +44,7 @@ from core.logs import Progress
 from core.machine import worker_threads
 from core.outputs import OutputDir
 from core.textnorm import normalize
+from pipelines.cli import job_parser, parse_config
 
 log = logging.getLogger(__name__)
 RAW = "raw"
@@ -52,58 +54,34 @@ COMPACT_BYTES = 128  # representations this small get a two-stage row when a raw
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    embeddings: str
-    reducer: tuple[str, ...]
-    output: str
-    codec: tuple[str, ...] = ()
-    sts_dir: str | None = None
-    download: bool = True
-    sts_split: str = "test"
-    golden_set: str | None = None
-    golden_split: str = "test"
-    group_field: str = "table_uid"
-    queries: int = 1000
-    rerank: int = 100
-    holdout_permille: int = 50
-    budget_bytes: int | None = None
-    seed: int = 0
-    chunk_rows: int = 16_384
-    encoder_threads: int = 0
-    overwrite: bool = True
+    embeddings: str = option(help="embedding dataset (output of `shrink embed`)")
+    reducer: tuple[str, ...] = option(help="reducer artifact (repeatable)")
+    output: str = option(help="report directory (local or a URL, e.g. gs://...)")
+    codec: tuple[str, ...] = option((), "codec artifact from fit-codec (repeatable)")
+    sts_dir: str | None = option(None, "directory (local or a URL) with sts-{train,dev,test}.csv; default: the "
+                                       "cached archive, downloaded once (checksums pinned) when there is a network")
+    download: bool = option(True, "download the STS benchmark when it is not cached")
+    sts_split: str = option("test", "STS benchmark split scored", choices=["dev", "test"])
+    golden_set: str | None = option(None, "BEIR-layout directory (local or a URL): corpus.jsonl, queries.jsonl, "
+                                          "qrels/")
+    golden_split: str = option("test", "golden-set qrels split")
+    group_field: str = option("table_uid", "metadata field grouping golden-set records for within-group ranking")
+    queries: int = option(1000, "label-free queries (uniform, seeded)")
+    rerank: int = option(100, "two-stage: candidates re-ranked per query")
+    holdout_permille: int = option(50, "queries come from rows whose id hashes below this (per mille): the "
+                                       "trainer's validation split, never trained on")
+    budget_bytes: int | None = option(None, "mark the best representation within this many bytes/vector")
+    seed: int = option(0, "query sampling seed")
+    chunk_rows: int = option(16_384, "corpus rows searched at a time")
+    encoder_threads: int = option(0, "0: all cores of this machine")
+    overwrite: bool = option(True, "replace an earlier report in --output")
 
     def params(self) -> dict:
         return cfg.params(self, exclude=("output", "encoder_threads", "chunk_rows", "overwrite"))
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(allow_abbrev=False, prog="shrink evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = EvaluateConfig
-    p.add_argument("--embeddings", required=True, help="embedding dataset (output of `shrink embed`)")
-    p.add_argument("--reducer", action="append", required=True, help="reducer artifact (repeatable)")
-    p.add_argument("--codec", action="append", default=[], help="codec artifact from fit-codec (repeatable)")
-    p.add_argument("--output", required=True, help="report directory (local or a URL, e.g. gs://...)")
-    p.add_argument("--sts_dir", help="directory (local or a URL) with sts-{train,dev,test}.csv; default: the "
-                                     "cached archive, downloaded once (checksums pinned) when there is a network")
-    p.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
-                   help="download the STS benchmark when it is not cached")
-    p.add_argument("--sts_split", default="test", choices=["dev", "test"])
-    p.add_argument("--golden_set", help="BEIR-layout directory (local or a URL): corpus.jsonl, queries.jsonl, qrels/")
-    p.add_argument("--golden_split", default="test")
-    p.add_argument("--group_field", default=d.group_field,
-                   help="metadata field grouping golden-set records for within-group ranking")
-    p.add_argument("--queries", type=int, default=d.queries, help="label-free queries (uniform, seeded)")
-    p.add_argument("--rerank", type=int, default=d.rerank, help="two-stage: candidates re-ranked per query")
-    p.add_argument("--holdout_permille", type=int, default=d.holdout_permille,
-                   help="queries come from rows whose id hashes below this (per mille): the trainer's "
-                        "validation split, never trained on")
-    p.add_argument("--budget_bytes", type=int, help="mark the best representation within this many bytes/vector")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--chunk_rows", type=int, default=d.chunk_rows, help="corpus rows searched at a time")
-    p.add_argument("--encoder_threads", type=int, default=0, help="0: all cores of this machine")
-    p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=True,
-                   help="replace an earlier report in --output")
-    return p
+    return job_parser("shrink evaluate", __doc__, EvaluateConfig)
 
 
 def reducer_names(loaded: list) -> list[str]:
@@ -394,16 +372,9 @@ def _golden_section(config: EvaluateConfig, encoder, reps: dict, report: dict) -
                             **evaluate_golden(gs, encoder, reps, config.group_field)}
 
 
-def load_sample(dataset: EmbeddingDataset, size: int, seed: int = 0) -> np.ndarray:
-    """A seeded uniform sample of ``size`` vectors from the whole dataset (one streaming pass)."""
-    sample = SmallestKeys(size)
-    for batch in iter_batches([dataset]):
-        sample.add(seeded_keys(batch["id"], seed), vectors=batch["vector"])
-    return sample.result().get("vectors", np.zeros((0, dataset.dim), np.float32))
-
 
 def main(argv: list[str] | None = None) -> dict:
-    return run(cfg.from_namespace(EvaluateConfig, make_parser().parse_args(argv)))
+    return run(parse_config(make_parser(), EvaluateConfig, argv, beam=False)[0])
 
 
 if __name__ == "__main__":

@@ -28,10 +28,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from core import codecs, files, manifests, quantization, reducers, transform_fn
 from core import config as cfg
+from core.config import option
 from core.dataset import EmbeddingDataset, open_all
 from core.errors import DataError, InputError
 from core.outputs import OutputDir
-from pipelines.cli import parse_job_args
+from pipelines.cli import job_parser, parse_config
 from transforms import codec_fitting
 from transforms.analyze import Analyze
 from transforms.fitting import FitRows
@@ -46,18 +47,20 @@ __doc__ = __doc__.format(sample=f"{DEFAULT_PQ_SAMPLE:,}")
 
 @dataclass(frozen=True)
 class FitCodecConfig:
-    input: str
-    output: str
-    codec: str
-    reducer: str = reducers.IDENTITY
-    extra_input: tuple[str, ...] = ()
-    m: int = 64
-    opq: bool = True
-    sample_count: int | None = None
-    seed: int = 0
-    batch_size: int = 1000
-    temp_dir: str | None = None
-    overwrite: bool = False
+    input: str = option(help="embedding dataset directory (output of `shrink embed`)")
+    output: str = option(help="codec artifact directory (new, empty, or an earlier fit)")
+    codec: str = option(help="int8 (calibrated ranges) or pq (OPQ + product quantization)", choices=codecs.CODE_KINDS)
+    reducer: str = option(reducers.IDENTITY, "int8: the reducer whose outputs are coded (a fit-pca or train "
+                                             "output, or 'identity')")
+    extra_input: tuple[str, ...] = option((), "more embedding datasets to fit on")
+    m: int = option(64, "pq: bytes per vector (sub-quantizers of 8 bits); must divide the dimension")
+    opq: bool = option(True, "pq: learn an OPQ rotation first (better recall, slower training)")
+    sample_count: int | None = option(None, f"rows to fit on, a seeded uniform sample (pq default "
+                                            f"{DEFAULT_PQ_SAMPLE:,}; int8: all rows)")
+    seed: int = option(0, "sampling and training seed")
+    batch_size: int = option(1000, "rows per batch read")
+    temp_dir: str | None = option(None, "int8: where tf.Transform's temporary files go (removed after)")
+    overwrite: bool = option(False, "replace an earlier fit of different parameters in --output")
 
     def params(self) -> dict:
         return cfg.params(self, exclude=("input", "output", "extra_input", "reducer", "batch_size", "temp_dir",
@@ -65,26 +68,7 @@ class FitCodecConfig:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(allow_abbrev=False, prog="shrink fit-codec", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", required=True, help="embedding dataset directory (output of `shrink embed`)")
-    p.add_argument("--extra_input", action="append", default=[], help="more embedding datasets to fit on")
-    p.add_argument("--output", required=True, help="codec artifact directory (new, empty, or an earlier fit)")
-    p.add_argument("--codec", required=True, choices=codecs.CODE_KINDS)
-    p.add_argument("--reducer", default=reducers.IDENTITY,
-                   help="int8: the reducer whose outputs are coded (a fit-pca or train output, or 'identity')")
-    p.add_argument("--m", type=int, default=FitCodecConfig.m,
-                   help="pq: bytes per vector (sub-quantizers of 8 bits); must divide the dimension")
-    p.add_argument("--opq", action=argparse.BooleanOptionalAction, default=True,
-                   help="pq: learn an OPQ rotation first (better recall, slower training)")
-    p.add_argument("--sample_count", type=int,
-                   help=f"rows to fit on, a seeded uniform sample (pq default {DEFAULT_PQ_SAMPLE:,}; int8: all rows)")
-    p.add_argument("--seed", type=int, default=0, help="sampling and training seed")
-    p.add_argument("--batch_size", type=int, default=FitCodecConfig.batch_size, help="rows per batch")
-    p.add_argument("--temp_dir", help="int8: where tf.Transform's temporary files go (removed after)")
-    p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
-                   help="replace an earlier fit of different parameters in --output")
-    return p
+    return job_parser("shrink fit-codec", __doc__, FitCodecConfig)
 
 
 def sample_fraction(config: FitCodecConfig, total: int) -> float:
@@ -172,8 +156,7 @@ def _finish(config: FitCodecConfig, reducer, input_dim: int, counts: dict, temp_
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args, options = parse_job_args(make_parser(), argv)
-    return run(cfg.from_namespace(FitCodecConfig, args), options)
+    return run(*parse_config(make_parser(), FitCodecConfig, argv))
 
 
 if __name__ == "__main__":

@@ -40,10 +40,11 @@ from threadpoolctl import threadpool_limits
 from core import config as cfg
 from core import files, manifests, reducers, transform_fn
 from core import pca as pca_math
+from core.config import option
 from core.dataset import EmbeddingDataset, open_all
 from core.errors import ArtifactError, DataError, InputError
 from core.outputs import OutputDir
-from pipelines.cli import parse_job_args
+from pipelines.cli import job_parser, parse_config
 from transforms import pca as pca_transform
 from transforms.analyze import Analyze
 from transforms.fitting import FitRows
@@ -54,24 +55,28 @@ log = logging.getLogger(__name__)
 NAMESPACE = "fit_pca"
 TRANSFORM_FN = "transform_fn"
 TRANSFORMED_METADATA = "transformed_metadata"
+ANALYZED = "analyzed"  # where tf.Transform writes, in the job's own temporary directory
 
 
 @dataclass(frozen=True)
 class FitPcaConfig:
-    input: str
-    output: str
-    extra_input: tuple[str, ...] = ()
-    query_input: str | None = None
-    query_share: float = 0.5
-    output_dim: int = 128
-    center: bool = True
-    l2_normalize: bool = False
-    sample_fraction: float | None = None
-    sample_count: int | None = None
-    seed: int = 0
-    batch_size: int = 1000
-    temp_dir: str | None = None
-    overwrite: bool = False
+    input: str = option(help="embedding dataset directory (output of `shrink embed`)")
+    output: str = option(help="reducer artifact directory (new, empty, or an earlier fit)")
+    extra_input: tuple[str, ...] = option((), "more embedding datasets fitted on together with --input (e.g. a "
+                                              "corpus's increments)")
+    query_input: str | None = option(None, "embedding dataset of sample queries the corpus will serve (e.g. "
+                                           "questions), fitted on with weight --query_share")
+    query_share: float = option(0.5, "share of the fit's rows the repeated --query_input rows make up, in (0, 1)")
+    output_dim: int = option(128, "kept components, 1..input dim")
+    center: bool = option(True, "subtract the mean before projecting")
+    l2_normalize: bool = option(False, "scale reduced vectors to unit length")
+    sample_fraction: float | None = option(None, "fit on about this fraction of the rows")
+    sample_count: int | None = option(None, "fit on about this many rows (instead of --sample_fraction)")
+    seed: int = option(0, "sampling seed: same seed, same rows")
+    batch_size: int = option(1000, "rows per batch read")
+    temp_dir: str | None = option(None, "where tf.Transform's temporary files go (default: the system temp dir); "
+                                        "a fresh subdirectory is made there and removed after the fit")
+    overwrite: bool = option(False, "replace an earlier fit of different parameters in --output")
 
     def params(self) -> dict:
         return cfg.params(self, exclude=("input", "output", "extra_input", "query_input", "sample_fraction",
@@ -79,35 +84,13 @@ class FitPcaConfig:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(allow_abbrev=False, prog="shrink fit-pca", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", required=True, help="embedding dataset directory (output of `shrink embed`)")
-    p.add_argument("--extra_input", action="append", default=[],
-                   help="more embedding datasets fitted on together with --input (e.g. a corpus's increments)")
-    p.add_argument("--query_input", help="embedding dataset of sample queries the corpus will serve "
-                                         "(e.g. questions), fitted on with weight --query_share")
-    p.add_argument("--query_share", type=float, default=FitPcaConfig.query_share,
-                   help="share of the fit's rows the repeated --query_input rows make up, in (0, 1)")
-    p.add_argument("--output", required=True, help="reducer artifact directory (new, empty, or an earlier fit)")
-    p.add_argument("--output_dim", type=int, default=FitPcaConfig.output_dim, help="kept components, 1..input dim")
-    p.add_argument("--center", action=argparse.BooleanOptionalAction, default=True,
-                   help="subtract the mean before projecting")
-    p.add_argument("--l2_normalize", action=argparse.BooleanOptionalAction, default=False,
-                   help="scale reduced vectors to unit length")
-    sample = p.add_mutually_exclusive_group()
-    sample.add_argument("--sample_fraction", type=float, help="fit on about this fraction of the rows")
-    sample.add_argument("--sample_count", type=int, help="fit on about this many rows")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed: same seed, same rows")
-    p.add_argument("--batch_size", type=int, default=FitPcaConfig.batch_size, help="rows per Arrow record batch")
-    p.add_argument("--temp_dir", help="where tf.Transform's temporary files go (default: the system temp dir); "
-                                      "a fresh subdirectory is made there and removed after the fit")
-    p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
-                   help="replace an earlier fit of different parameters in --output")
-    return p
+    return job_parser("shrink fit-pca", __doc__, FitPcaConfig)
 
 
 def sample_fraction(config: FitPcaConfig, total: int) -> float:
     """The share of rows to fit on, from --sample_fraction or --sample_count (1 without either)."""
+    if config.sample_fraction is not None and config.sample_count is not None:
+        raise InputError("give --sample_fraction or --sample_count, not both")
     if config.sample_fraction is not None:
         if not 0 < config.sample_fraction <= 1:
             raise InputError(f"--sample_fraction must be in (0, 1], got {config.sample_fraction}")
@@ -170,7 +153,7 @@ def build(p: beam.Pipeline, inputs: FitInputs, config: FitPcaConfig, temp_dir: s
                                     config.batch_size)
     preprocessing_fn = pca_transform.make_preprocessing_fn(config.output_dim, config.center, config.l2_normalize)
     _ = rows["vectors"] | "Analyze" >> Analyze(preprocessing_fn, pca_transform.EMBEDDING, inputs.dim, temp_dir,
-                                               config.output)
+                                               files.join(temp_dir, ANALYZED))
     _ = (rows[DEAD],) | "DeadLetters" >> WriteDeadLetters(config.output)
 
 
@@ -196,11 +179,13 @@ def check_rows(result, inputs: FitInputs, config: FitPcaConfig) -> dict:
     return counts
 
 
-def export_head(config: FitPcaConfig, input_dim: int) -> tuple[dict, np.ndarray, dict]:
-    """The head as arrays (checked against the transform_fn) and its serving export; analyzer values, ratios,
-    and the manifest's ``head`` entry."""
+def export_head(config: FitPcaConfig, input_dim: int, analyzed: str) -> tuple[dict, np.ndarray, dict]:
+    """The head as arrays (checked against the transform_fn in ``analyzed``) and its serving export; analyzer
+    values, ratios, and the manifest's ``head`` entry. The transform_fn is copied into the output, file by file."""
+    for name in (TRANSFORM_FN, TRANSFORMED_METADATA):
+        files.copy_tree(files.join(analyzed, name), files.join(config.output, name))
     probe = np.random.default_rng(config.seed).normal(size=(8, input_dim)).astype(np.float32)
-    values = transform_fn.read(files.join(config.output, TRANSFORM_FN), pca_transform.NAMES,
+    values = transform_fn.read(files.join(analyzed, TRANSFORM_FN), pca_transform.NAMES,
                                (pca_transform.EMBEDDING, pca_transform.REDUCED, probe))
     expected = values[pca_transform.REDUCED]
     head = make_head(values, config)
@@ -229,8 +214,8 @@ def run(config: FitPcaConfig, options: PipelineOptions) -> dict:
             # (benchmarks/RESULTS.md). Applies to the local, in-process runner.
             with threadpool_limits(limits=1, user_api="blas"):
                 counts = check_rows(run_and_wait(p), inputs, config)
-        elapsed = time.monotonic() - start
-        values, ratio, head = export_head(config, inputs.dim)
+            elapsed = time.monotonic() - start
+            values, ratio, head = export_head(config, inputs.dim, files.join(temp_dir, ANALYZED))
         eigenvalues = np.diag(values[pca_transform.MATRIX].T @ values[pca_transform.COVARIANCE]
                               @ values[pca_transform.MATRIX])
         manifest = out.commit({
@@ -247,8 +232,7 @@ def run(config: FitPcaConfig, options: PipelineOptions) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args, options = parse_job_args(make_parser(), argv)
-    return run(cfg.from_namespace(FitPcaConfig, args), options)
+    return run(*parse_config(make_parser(), FitPcaConfig, argv))
 
 
 if __name__ == "__main__":

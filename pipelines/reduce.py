@@ -24,13 +24,14 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from core import codecs, dataset, files, manifests, records, reducers
+from core import codecs, containment, dataset, files, manifests, records, reducers
 from core import config as cfg
+from core.config import option
 from core.dataset import EmbeddingDataset, shard_entries
-from core.encoders import DEFAULT_ENCODER, validate_spec
+from core.encoders import validate_spec
 from core.errors import InputError
 from core.outputs import OutputDir
-from pipelines.cli import add_corpus_flags, parse_job_args
+from pipelines.cli import RUNTIME_FIELDS, CorpusFields, job_parser, parse_config
 from transforms import corpus
 from transforms.datasets import BatchVectors, ReadDataset, WriteDataset
 from transforms.embedding import EmbedCorpus, EncoderModelHandler, reconcile_embedding
@@ -42,56 +43,30 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ReduceConfig:
-    reducer: str
-    output: str
-    input: str | None = None
-    text_input: tuple[str, ...] = ()
-    input_format: str = "auto"
-    text_field: str | None = None
-    id_field: str | None = None
-    encoder: str = DEFAULT_ENCODER
-    embedding_dim: int = 512
-    max_chars: int = 10_000
-    allow_partial_files: bool = False
-    format: str = "tfrecord"
-    dtype: str = "float32"
-    drop_text: bool = False
-    batch_size: int = 1024
-    encoder_threads: int = 0
-    max_batch_size: int = 1024
-    num_shards: int = 0
-    overwrite: bool = False
+class ReduceConfig(CorpusFields):
+    """With ``--text_input`` the corpus fields (``--text_field``...) mean what they mean in ``shrink embed``."""
+
+    reducer: str = option(help="reducer artifact (fit-pca/train output), codec artifact (fit-codec output) or "
+                               "'identity'")
+    output: str = option(help="output directory (new, empty, or an earlier reduce output)")
+    input: str | None = option(None, "embedding dataset directory (output of `shrink embed`)")
+    text_input: tuple[str, ...] = option((), "raw corpus file pattern (repeatable), embedded on the fly as in "
+                                             "`shrink embed`, instead of --input")
+    format: str = option("tfrecord", "file format of the shards", choices=["tfrecord", "parquet"])
+    dtype: str = option("float32", "precision of a reducer's output (a codec artifact decides its own); float16 "
+                                   "halves the size (in TFRecords, float lists hold the float16-rounded values)",
+                        choices=list(DTYPES))
+    drop_text: bool = option(False, "write ids and vectors only")
+    batch_size: int = option(1024, "rows per reducer call")
+    num_shards: int = option(0, "output shards; 0: as many as the input has (one for --text_input)")
+    overwrite: bool = option(False, "replace an earlier reduce output of different parameters in --output")
 
     def params(self) -> dict:
-        return cfg.params(self, exclude=("output", "encoder_threads", "max_batch_size", "num_shards", "overwrite",
-                                         "input", "reducer"))
+        return cfg.params(self, exclude=("output", "num_shards", "overwrite", "input", "reducer", *RUNTIME_FIELDS))
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(allow_abbrev=False, prog="shrink reduce", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", help="embedding dataset directory (output of `shrink embed`)")
-    source.add_argument("--text_input", action="append",
-                        help="raw corpus file pattern (repeatable), embedded on the fly as in `shrink embed`")
-    text = p.add_argument_group("raw text input (with --text_input; same meaning as in `shrink embed`)")
-    add_corpus_flags(text)
-    p.add_argument("--reducer", required=True,
-                   help="reducer artifact (fit-pca/train output), codec artifact (fit-codec output) or 'identity'")
-    p.add_argument("--output", required=True, help="output directory (new, empty, or an earlier reduce output)")
-    p.add_argument("--format", default="tfrecord", choices=["tfrecord", "parquet"])
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES),
-                   help="precision of a reducer's output (a codec artifact decides its own); float16 halves the "
-                        "size (in TFRecords, float lists hold the float16-rounded values)")
-    p.add_argument("--drop_text", action=argparse.BooleanOptionalAction, default=False,
-                   help="write ids and vectors only")
-    p.add_argument("--batch_size", type=int, default=ReduceConfig.batch_size, help="rows per reducer call")
-    p.add_argument("--num_shards", type=int, default=0,
-                   help="output shards; 0: as many as the input has (one for --text_input)")
-    p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
-                   help="replace an earlier reduce output of different parameters in --output")
-    return p
+    return job_parser("shrink reduce", __doc__, ReduceConfig)
 
 
 def read_columns(p: beam.Pipeline, config: ReduceConfig, source: EmbeddingDataset | None,
@@ -146,12 +121,14 @@ def open_inputs(config: ReduceConfig) -> tuple[EmbeddingDataset | None, codecs.R
     """The source dataset (or None for raw text), the representation, and the run's parameters; all checked."""
     if config.batch_size < 1:
         raise InputError("--batch_size must be positive")
+    if bool(config.input) == bool(config.text_input):
+        raise InputError("give --input (an embedding dataset) or --text_input (corpus files), one of the two")
     reads = [config.input, *(config.text_input or ())] + ([config.reducer] if config.reducer != reducers.IDENTITY else [])
     OutputDir(config.output, "reduced", "", reads).check()
     source = EmbeddingDataset.open(config.input) if config.input else None
     if source is None:
         validate_spec(config.encoder)
-        corpus.check_patterns(config.text_input)
+        containment.check_files_outside(config.output, corpus.check_patterns(config.text_input))
     representation = codecs.open_representation(config.reducer, config.dtype,
                                                 source.dim if source else config.embedding_dim)
     source_artifact = representation.source()
@@ -191,8 +168,7 @@ def run(config: ReduceConfig, options: PipelineOptions) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args, options = parse_job_args(make_parser(), argv)
-    return run(cfg.from_namespace(ReduceConfig, args), options)
+    return run(*parse_config(make_parser(), ReduceConfig, argv))
 
 
 if __name__ == "__main__":

@@ -30,9 +30,12 @@ from tensorflow.io import gfile
 from core import config as cfg
 from core import deadletter as dl
 from core import files, manifests, reducers
+from core.config import option
 from core.dataset import HOLDOUT_BUCKETS, open_all
 from core.errors import InputError
 from core.outputs import OutputDir
+from pipelines import cli
+from pipelines.cli import job_parser
 from trainer import data, export
 from trainer.model import LOSSES, build_autoencoder
 
@@ -47,39 +50,67 @@ STRATEGIES = ("default", "mirrored", "multiworker")
 SCHEDULES = ("constant", "cosine", "plateau")
 
 
+def _sizes(value: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer sizes, got {value!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive layer sizes, got {value!r}")
+    return sizes
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The trainer's flags. Defaults: the best measured recipe (benchmarks/RESULTS.md), trained for a budget
     of examples seen with a cosine decay; the reference's seed recipe is ``--tied --loss mse
     --similarity_weight 0 --rank_weight 0 --learning_rate 1e-4 --batch_size 128 --lr_schedule constant
     --train_examples 0``."""
-    input: str
-    output: str | None = None
-    extra_input: tuple[str, ...] = ()
-    sizes: tuple[int, ...] = (256, 128)
-    activation: str = "selu"
-    normalize: bool = True
-    tied: bool = False
-    loss: str = "cosine"
-    similarity_weight: float = 10.0
-    rank_weight: float = 1.0
-    rank_temperature: float = 0.05
-    learning_rate: float = 1e-2
-    batch_size: int = 1024
-    epochs: int = 100
-    train_examples: int = 2_000_000
-    early_stopping: bool = True
-    patience: int = 5
-    min_improvement: float = 0.002
-    lr_schedule: str = "cosine"
-    val_permille: int = 50
-    shuffle_buffer: int = 10_000
-    seed: int = 0
-    strategy: str = "default"
-    tensorboard: bool = _HAS_TENSORBOARD
-    hub_handle: str | None = None
-    overwrite: bool = False
-    verbose: int = 0
+    input: str = option(help="embedding dataset directory (output of `shrink embed`)")
+    output: str | None = option(None, "artifact directory (default: $AIP_MODEL_DIR)")
+    extra_input: tuple[str, ...] = option((), "more embedding datasets to train on together with --input (e.g. a "
+                                              "corpus's increments)")
+    sizes: tuple[int, ...] = option((256, 128), "encoder layer sizes; the last is the code size", type=_sizes)
+    activation: str = option("selu", "activation of the reducing layers (one the exported head can compute)",
+                             choices=list(reducers.ACTIVATIONS))
+    normalize: bool = option(True, "unit-L2-normalize the codes")
+    tied: bool = option(False, "decoder reuses the transposed encoder kernels (reference: tied)")
+    loss: str = option("cosine", "reconstruction loss (reference: mse)", choices=LOSSES)
+    similarity_weight: float = option(10.0, "weight of the in-batch cosine-similarity preservation term "
+                                            "(reference: 0)")
+    rank_weight: float = option(1.0, "weight of the in-batch neighbour-ranking (listwise distillation) term "
+                                     "(reference: 0)")
+    rank_temperature: float = option(0.05, "softmax temperature of the ranking term: lower focuses on the nearest "
+                                           "rows")
+    learning_rate: float = option(1e-2, "Adam (peak) learning rate (reference: 1e-4). With the cosine decay over 20 "
+                                        "epochs of 95k financial sentences, 1e-2 came within 0.003 recall@10 of 100 "
+                                        "epochs at a constant 1e-3; 1e-3 and 5e-3 fell 0.013 and 0.005 short "
+                                        "(benchmarks/bench_training.py)")
+    batch_size: int = option(1024, "global batch size; the ranking term needs large batches (reference: 128)")
+    epochs: int = option(100, "most epochs to train (an upper bound: --train_examples and early stopping end "
+                              "sooner)")
+    train_examples: int = option(2_000_000, "training budget in examples seen: train round(N / training rows) "
+                                            "epochs (at least 1, at most --epochs), the cosine decay spread over "
+                                            "them; 0: --epochs. 2M is 21 epochs of 95k financial sentences, measured "
+                                            "against 100 constant-rate epochs (benchmarks/RESULTS.md); a larger "
+                                            "corpus gets fewer epochs of as many steps")
+    early_stopping: bool = option(True, "stop when validation loss stalls")
+    patience: int = option(5, "early stopping: epochs without an improvement before training stops")
+    min_improvement: float = option(0.002, "early stopping: an epoch improves only when its validation loss falls "
+                                           "below the best so far by more than this fraction of it (0: any "
+                                           "decrease, Keras's rule); 0.002 stops only a loss that has really "
+                                           "flattened (docs/train.md)")
+    lr_schedule: str = option("cosine", "cosine: decay from --learning_rate to 0 over the planned epochs; plateau: "
+                                        "halve it when the validation loss stalls; constant", choices=SCHEDULES)
+    val_permille: int = option(50, "validation share by id hash, per mille (0 <= v < 1000)")
+    shuffle_buffer: int = option(10_000, "rows shuffled together between epochs")
+    seed: int = option(0, "initialization, shuffling and split seed")
+    strategy: str = option("default", "tf.distribute strategy", choices=STRATEGIES)
+    tensorboard: bool = option(_HAS_TENSORBOARD, "write TensorBoard logs to OUTPUT/train/logs (default: when "
+                                                 "tensorboard is installed)")
+    hub_handle: str | None = option(None, "also export text -> codes with this TF Hub encoder handle")
+    overwrite: bool = option(False, "replace an earlier training run of different parameters in --output")
+    verbose: int = option(0, "Keras fit verbosity (default 0: one log line per epoch instead)")
 
     def model_config(self) -> dict:
         return {"sizes": list(self.sizes), "activation": self.activation, "normalize": self.normalize,
@@ -92,78 +123,10 @@ class TrainConfig:
                                          "overwrite", "verbose"))
 
 
-def _sizes(value: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer sizes, got {value!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive layer sizes, got {value!r}")
-    return sizes
 
 
-def build_parser(**overrides) -> argparse.ArgumentParser:
-    """The trainer's flags (``overrides`` replace parser settings, e.g. ``argument_default``)."""
-    p = argparse.ArgumentParser(allow_abbrev=False, prog="shrink train", description=__doc__.split("\n")[0],
-                                **overrides)
-    d = TrainConfig
-    p.add_argument("--input", required=True, help="embedding dataset directory (output of `shrink embed`)")
-    p.add_argument("--extra_input", action="append", default=[],
-                   help="more embedding datasets to train on together with --input (e.g. a corpus's increments)")
-    p.add_argument("--output", default=os.environ.get("AIP_MODEL_DIR"),
-                   help="artifact directory (default: $AIP_MODEL_DIR)")
-    p.add_argument("--sizes", type=_sizes, default=d.sizes, help="encoder layer sizes; the last is the code size")
-    p.add_argument("--activation", default=d.activation)
-    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=d.normalize,
-                   help="unit-L2-normalize the codes")
-    p.add_argument("--tied", action=argparse.BooleanOptionalAction, default=d.tied,
-                   help="decoder reuses the transposed encoder kernels (reference: tied)")
-    p.add_argument("--loss", choices=LOSSES, default=d.loss, help="reconstruction loss (reference: mse)")
-    p.add_argument("--similarity_weight", type=float, default=d.similarity_weight,
-                   help="weight of the in-batch cosine-similarity preservation term (reference: 0)")
-    p.add_argument("--rank_weight", type=float, default=d.rank_weight,
-                   help="weight of the in-batch neighbour-ranking (listwise distillation) term (reference: 0)")
-    p.add_argument("--rank_temperature", type=float, default=d.rank_temperature,
-                   help="softmax temperature of the ranking term: lower focuses on the nearest rows")
-    p.add_argument("--learning_rate", type=float, default=d.learning_rate,
-                   help="Adam (peak) learning rate (reference: 1e-4). With the cosine decay over 20 epochs of 95k "
-                        "financial sentences, 1e-2 came within 0.003 recall@10 of 100 epochs at a constant 1e-3; "
-                        "1e-3 and 5e-3 fell 0.013 and 0.005 short (benchmarks/bench_training.py)")
-    p.add_argument("--batch_size", type=int, default=d.batch_size,
-                   help="global batch size; the ranking term needs large batches (reference: 128)")
-    p.add_argument("--epochs", type=int, default=d.epochs,
-                   help="most epochs to train (an upper bound: --train_examples and early stopping end sooner)")
-    p.add_argument("--train_examples", type=int, default=d.train_examples,
-                   help="training budget in examples seen: train round(N / training rows) epochs (at least 1, at "
-                        "most --epochs), the cosine decay spread over them; 0: --epochs. 2M is 21 epochs of 95k "
-                        "financial sentences, measured against 100 constant-rate epochs (benchmarks/RESULTS.md); "
-                        "a larger corpus gets fewer epochs of as many steps")
-    p.add_argument("--early_stopping", action=argparse.BooleanOptionalAction, default=d.early_stopping,
-                   help="stop when validation loss stalls")
-    p.add_argument("--patience", type=int, default=d.patience,
-                   help="early stopping: epochs without an improvement before training stops")
-    p.add_argument("--min_improvement", type=float, default=d.min_improvement,
-                   help="early stopping: an epoch improves only when its validation loss falls below the best so "
-                        "far by more than this fraction of it (0: any decrease, Keras's rule). At a constant 1e-3 "
-                        "the financial benchmark's loss still fell 0.5-0.8%% per 5 epochs from epoch 25 to 100, so "
-                        "0 never stopped; 0.002 stops only a loss that has really flattened (at a constant 5e-3: "
-                        "epoch 24)")
-    p.add_argument("--lr_schedule", choices=SCHEDULES, default=d.lr_schedule,
-                   help="cosine: decay from --learning_rate to 0 over the planned epochs; plateau: halve it when "
-                        "the validation loss stalls; constant")
-    p.add_argument("--val_permille", type=int, default=d.val_permille,
-                   help="validation share by id hash, per mille (0 <= v < 1000)")
-    p.add_argument("--shuffle_buffer", type=int, default=d.shuffle_buffer)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--strategy", choices=STRATEGIES, default=d.strategy, help="tf.distribute strategy")
-    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=d.tensorboard,
-                   help="write TensorBoard logs to OUTPUT/train/logs (default: when tensorboard is installed)")
-    p.add_argument("--hub_handle", help="also export text -> codes with this TF Hub encoder handle")
-    p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
-                   help="replace an earlier training run of different parameters in --output")
-    p.add_argument("--verbose", type=int, default=d.verbose,
-                   help="Keras fit verbosity (default 0: one log line per epoch instead)")
-    return p
+def make_parser() -> argparse.ArgumentParser:
+    return job_parser("shrink train", __doc__.split("\n")[0], TrainConfig)
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -455,7 +418,8 @@ def _epochs_run(train_dir: str) -> int:
 
 
 def parse_config(argv: list[str] | None) -> TrainConfig:
-    return cfg.from_namespace(TrainConfig, build_parser().parse_args(argv))
+    config = cli.parse_config(make_parser(), TrainConfig, argv, beam=False)[0]
+    return config if config.output else dataclasses.replace(config, output=os.environ.get("AIP_MODEL_DIR"))
 
 
 def main(argv: list[str] | None = None) -> dict:

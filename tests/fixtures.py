@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from core import manifests, records
-from core.dataset import read_all, shard_entries
+from core.dataset import KINDS, EmbeddingDataset, iter_batches, shard_entries
 
 
 def correlated_vectors(rows: int, dim: int, seed: int = 0, rank: int = 16) -> np.ndarray:
@@ -85,3 +85,16 @@ def reseal(directory: str | Path, listed: list[str] | None = None, **changes) ->
     manifest.update(files=entries, digest=manifests.content_digest(manifest["kind"], entries))
     path.write_text(json.dumps(manifest))
     return manifest
+
+
+def read_all(directory: str, kinds: str | tuple[str, ...] = KINDS, with_text: bool = True) -> dict:
+    """A whole (small) dataset in memory: ``{'id', 'vector', 'text'}``."""
+    import numpy as np
+
+    dataset = EmbeddingDataset.open(directory, kinds)
+    batches = list(iter_batches([dataset], with_text=with_text and dataset.has_text))
+    if not batches:
+        width = dataset.dim
+        return {"id": [], "vector": np.zeros((0, width), np.uint8 if dataset.codes else np.float32), "text": []}
+    return {key: (np.concatenate([b[key] for b in batches]) if key == "vector" else sum((b[key] for b in batches), []))
+            for key in batches[0]}

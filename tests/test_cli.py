@@ -57,3 +57,29 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     assert lines == ["interrupted: the output is left incomplete (no manifest); run the same command again to "
                      "redo it"], stderr[-3000:]
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_every_flag_takes_both_spellings_and_help_shows_one():
+    from pipelines import embed
+
+    for argv in (["--input", "a", "--output", "o", "--text_field", "t", "--allow_partial_files", "--no_overwrite"],
+                 ["--input", "a", "--output", "o", "--text-field", "t", "--allow-partial-files", "--no-overwrite"]):
+        config = cli.parse_config(embed.make_parser(), embed.EmbedConfig, argv, beam=False)[0]
+        assert (config.text_field, config.allow_partial_files, config.overwrite) == ("t", True, False)
+    text = embed.make_parser().format_help()
+    assert "--text_field" in text and "--no_allow_partial_files" in text
+    assert "--text-field" not in text and "--no-allow-partial-files" not in text
+
+
+def test_run_reaches_every_step_flag_declared_once():
+    config, _ = run.parse(["--input", "x.txt", "--workdir", "w", "--text-field", "headline",
+                           "--embed.max_batch_size", "64", "--pca.no-center", "--train.batch_size=32",
+                           "--no_download", "--epochs", "3", "--reduce.format", "parquet"])
+    assert config.step("embed", input=("x",), output="o").max_batch_size == 64
+    assert config.step("embed", input=("x",), output="o").text_field == "headline"
+    assert config.step("pca", input="e", output="p").center is False
+    assert (config.step("train", input="e").batch_size, config.step("train", input="e").epochs) == (32, 3)
+    assert config.step("evaluate", embeddings="e", reducer=("p",), output="r").download is False
+    assert config.step("reduce", reducer="p", output="r").format == "parquet"
+    untouched = run.parse(["--input", "x.txt", "--workdir", "w"])[0]
+    assert untouched.step("embed", input=("x",), output="o").max_batch_size == 1024  # the job's own default

@@ -12,11 +12,10 @@ import pytest
 import tensorflow as tf
 
 from core import codecs, manifests, quantization
-from core.dataset import read_all
 from core.errors import ArtifactError, InputError
 from core.evaluation import metrics
 from pipelines import fit_codec, reduce, search
-from tests.fixtures import correlated_vectors, reseal, write_embedding_dataset, write_linear_reducer
+from tests.fixtures import correlated_vectors, read_all, reseal, write_embedding_dataset, write_linear_reducer
 
 REPO = Path(__file__).resolve().parents[1]
 DIM = 64

@@ -95,39 +95,10 @@ def test_codec_from_dict_rejects_bad_descriptions(d):
 
 def test_calibrate_minmax_is_the_column_extremes():
     x = _random()
-    lo, hi = qz.calibrate(x, "minmax")
+    lo, hi = qz.calibrate(x)
     np.testing.assert_array_equal(lo, x.min(axis=0))
     np.testing.assert_array_equal(hi, x.max(axis=0))
     assert lo.dtype == np.float32
-
-
-def _linear_quantile(column: np.ndarray, q: float) -> float:
-    """Hand reference: sorted values, linear interpolation at position q * (n - 1)."""
-    s = np.sort(column.astype(np.float64))
-    pos = q * (len(s) - 1)
-    i = int(np.floor(pos))
-    return s[i] + (pos - i) * (s[min(i + 1, len(s) - 1)] - s[i])
-
-
-@pytest.mark.parametrize("q", [0.001, 0.005, 0.0137])
-def test_calibrate_quantile_matches_the_reference_definition(q):
-    x = _random(n=3001, k=5, seed=2)
-    lo, hi = qz.calibrate(x, "quantile", q)
-    for j in range(x.shape[1]):
-        assert lo[j] == pytest.approx(_linear_quantile(x[:, j], q), abs=1e-6)
-        assert hi[j] == pytest.approx(_linear_quantile(x[:, j], 1 - q), abs=1e-6)
-
-
-def test_quantile_ranges_clip_exactly_the_tails():
-    x = _random(n=1001, k=8, seed=3)  # q * (n - 1) = 10: the bounds are the 11th smallest / largest values
-    codec = qz.Int8Codec(*qz.calibrate(x, "quantile", 0.01))
-    assert codec.encode(x)[1] == 2 * 10 * 8
-
-
-@pytest.mark.parametrize("method, q", [("median", 0.01), ("quantile", 0.0), ("quantile", 0.5)])
-def test_calibrate_rejects_bad_arguments(method, q):
-    with pytest.raises(ValueError):
-        qz.calibrate(_random(), method, q)
 
 
 def test_float16_round_trip_and_overflow_clipping():
@@ -165,7 +136,7 @@ def test_bytes_per_vector():
 def test_fit_codec_calibrates_int8_only():
     x = _random()
     assert isinstance(qz.fit_codec("float16"), qz.Float16Codec)
-    codec = qz.fit_codec("int8", x, "quantile", 0.01)
-    np.testing.assert_array_equal(codec.lo, qz.calibrate(x, "quantile", 0.01)[0])
+    codec = qz.fit_codec("int8", x)
+    np.testing.assert_array_equal(codec.lo, x.min(axis=0))
     with pytest.raises(ValueError):
         qz.fit_codec("int8")

@@ -70,7 +70,7 @@ def test_run_and_evaluate_with_a_ram_workdir(tmp_path, shared_data, in_tmp_cwd):
     sts = str(shared_data / "stsbenchmark")
     work = f"ram://{tmp_path.name}/work"
     argv = ["--input", str(corpus), "--workdir", work, "--encoder", f"tfhub:{hub}", "--epochs", "2",
-            "--queries", "30", "--sts_dir", sts, "--train_arg=--batch_size=32"]
+            "--queries", "30", "--sts_dir", sts, "--train.batch_size=32"]
     first = run.main(argv)
     assert first["steps_run"] == ["embed", "fit-pca", "train", "fit-raw-int8", "evaluate", "reduce"]
 

@@ -40,7 +40,7 @@ def test_run_end_to_end_then_skip_and_redo(tmp_path, corpus, shared_data):
     work = tmp_path / "work"
     argv = ["--input", str(corpus), "--workdir", str(work), "--encoder", f"tfhub:{hub}", "--epochs", "2",
             "--queries", "50", "--sts_dir", str(shared_data / "stsbenchmark"), "--golden_set", str(golden),
-            "--train_arg=--batch_size=32"]
+            "--train.batch_size=32"]
     first = run.main(argv)
     assert first["steps_run"] == ["embed", "fit-pca", "train", "fit-raw-int8", "evaluate", "reduce"]
 
@@ -89,7 +89,7 @@ def test_incremental_runs_extend_the_corpus_and_refit_on_drift(tmp_path):
     corpus.write_text("\n".join(sentences[:300]) + "\n")
     work = tmp_path / "work"
     base = ["--input", str(corpus), "--workdir", str(work), "--encoder", f"tfhub:{hub}", "--epochs", "1",
-            "--queries", "20", "--no-download", "--reducer", "pca", "--output_dim", "48", "--pca_arg=--no-center"]
+            "--queries", "20", "--no-download", "--reducer", "pca", "--output_dim", "48", "--pca.no_center"]
     first = run.main(base)
     assert first["vectors"] == 300
     pca, ae = (json.loads((work / name / "manifest.json").read_text()) for name in ("pca", "autoencoder"))
@@ -126,6 +126,8 @@ def test_incremental_runs_extend_the_corpus_and_refit_on_drift(tmp_path):
     for extra in ([], ["--force"]):
         with pytest.raises(ArtifactError, match="pca holds an output this run did not write"):
             run.main(base + extra)
+    with pytest.raises(ArtifactError, match="not the artifact the corpus was written with"):
+        run.main(base + ["--incremental"])
     assert json.loads((work / "pca" / "manifest.json").read_text())["output_dim"] == 64
 
 
@@ -135,7 +137,7 @@ def test_run_rejects_an_unknown_flag_before_doing_any_work(tmp_path):
     assert e.value.code == 2 and not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("flag", ["--train_arg=--batchsize=32", "--pca_arg=--centre", "--pca_arg=--runner=X"])
+@pytest.mark.parametrize("flag", ["--train.batchsize=32", "--pca.centre", "--pca.runner=X", "--embed.input=x"])
 def test_run_rejects_a_bad_step_flag_before_doing_any_work(tmp_path, flag):
     with pytest.raises(SystemExit) as e:
         run.main(["--input", "x.txt", "--workdir", str(tmp_path / "w"), flag])

@@ -206,9 +206,9 @@ def test_a_loss_that_becomes_nan_stops_training_with_a_clear_error(dataset, tmp_
 
 def test_bad_flags_are_usage_errors():
     with pytest.raises(SystemExit):
-        task.build_parser().parse_args(["--input", "x", "--sizes", "16,zero"])
+        task.make_parser().parse_args(["--input", "x", "--sizes", "16,zero"])
     with pytest.raises(SystemExit):
-        task.build_parser().parse_args(["--input", "x", "--normalize", "maybe"])
+        task.make_parser().parse_args(["--input", "x", "--normalize", "maybe"])
 
 
 @pytest.mark.slow  # separate processes (runner/crash): make test-slow

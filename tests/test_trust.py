@@ -63,17 +63,79 @@ def test_a_manifest_listing_foreign_paths_is_corrupt_and_nothing_is_deleted(tmp_
     assert (out / "data-00000-of-00001.tfrecord").exists()
 
 
-def test_a_symlinked_directory_inside_the_output_is_not_followed_to_delete(tmp_path, data, pca):
+@pytest.mark.parametrize("link", ["deadletter", "data-00000-of-00001.tfrecord", "head"])
+def test_an_output_holding_symbolic_links_is_refused_and_nothing_is_written_through_them(tmp_path, data, pca, link):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "deadletter-00000-of-00001.jsonl").write_text("the user's file")
     out = tmp_path / "out"
     out.mkdir()
-    os.symlink(elsewhere, out / "deadletter")
+    os.symlink(elsewhere if link != "data-00000-of-00001.tfrecord" else elsewhere / "deadletter-00000-of-00001.jsonl",
+               out / link)
     _forge(out, ["deadletter/deadletter-00000-of-00001.jsonl"])
-    with pytest.raises(ArtifactError, match="is corrupt"):
+    with pytest.raises(ArtifactError, match="holds symbolic links"):
         _reduce(data, pca, out, "--overwrite")
     assert (elsewhere / "deadletter-00000-of-00001.jsonl").read_text() == "the user's file"
+
+
+def test_a_listing_that_names_a_directory_deletes_nothing(tmp_path, data, pca):
+    out = tmp_path / "out"
+    (out / "data-00001-of-00002.tfrecord").mkdir(parents=True)
+    (out / "data-00001-of-00002.tfrecord" / "mine.txt").write_text("mine")
+    _forge(out, ["data-00001-of-00002.tfrecord"])
+    with pytest.raises(ArtifactError, match="is a directory"):
+        _reduce(data, pca, out, "--overwrite")
+    assert (out / "data-00001-of-00002.tfrecord" / "mine.txt").read_text() == "mine"
+
+
+def test_a_pending_record_of_another_kind_is_refused(tmp_path, data, pca):
+    out = tmp_path / "pics"
+    (out / "train" / "deep").mkdir(parents=True)
+    for name in ("holiday.png", "frontier.png", "train/deep/thesis.tex", "train/history.csv"):
+        (out / name).write_text("mine")
+    for kind in ("autoencoder", "report"):
+        (out / layouts.PENDING).write_text(json.dumps({"kind": kind, "fingerprint": "x", "foreign": []}))
+        with pytest.raises(ArtifactError, match=f"interrupted '{kind}' run"):
+            _reduce(data, pca, out)
+    assert all((out / name).read_text() == "mine" for name in ("holiday.png", "frontier.png",
+                                                               "train/deep/thesis.tex", "train/history.csv"))
+
+
+def test_a_state_file_naming_paths_outside_the_workdir_is_corrupt(tmp_path):
+    from core.plan import RunState
+
+    work = tmp_path / "w"
+    work.mkdir()
+    for increments in ([{"name": "0001", "embeddings": "../victim", "reduced": "increments/0001/reduced"}],
+                       [{"name": "../x", "embeddings": "increments/../x/embeddings"}],
+                       [{"name": "0001", "embeddings": "increments/0001/embeddings", "drift_file": "/etc/passwd"}]):
+        (work / "run_manifest.json").write_text(json.dumps({"steps": {}, "increments": increments}))
+        with pytest.raises(ArtifactError, match="run_manifest.json is corrupt"):
+            RunState(str(work))
+
+
+def test_input_files_reached_through_a_link_into_the_output_are_refused(tmp_path):
+    (tmp_path / "corp").mkdir()
+    (tmp_path / "corp" / "a.txt").write_text("one sentence\n")
+    (tmp_path / "out").mkdir()
+    os.symlink(tmp_path / "out", tmp_path / "corp" / "link")
+    (tmp_path / "out" / "x.txt").write_text("not yet ours\n")
+    with pytest.raises(InputError, match="resolves to inside it"):
+        embed.main(["--input", str(tmp_path / "corp" / "**"), "--output", str(tmp_path / "out"),
+                    "--encoder", "tfhub:unused"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x.txt"]
+
+
+def test_user_files_in_the_directories_tf_transform_writes_survive_a_refit(tmp_path, data):
+    out = tmp_path / "pca"
+    fit_pca.main(["--input", str(data), "--output", str(out), "--output_dim", "4"])
+    user = [out / "transform_fn" / "README.user", out / "transform_tmp" / "notes.txt", out / "head" / "notes.tmp"]
+    for path in user:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("mine")
+    fit_pca.main(["--input", str(data), "--output", str(out), "--output_dim", "6", "--overwrite"])
+    assert all(path.read_text() == "mine" for path in user)
+    assert json.loads((out / "manifest.json").read_text())["output_dim"] == 6
 
 
 @pytest.mark.parametrize("record", [{"kind": "reduced", "fingerprint": "x", "owned": ["*"], "foreign": []},
@@ -192,6 +254,19 @@ def test_a_corpus_is_searched_only_with_the_codec_it_was_written_with(tmp_path, 
         _search(reduced)
     monkeypatch.chdir(tmp_path / "moved")  # a moved copy, searched from elsewhere: found beside it
     assert _search(Path("codes")) == expected
+
+
+def test_a_codec_with_a_nan_rotation_bias_is_refused(coded):
+    codec, _ = coded
+    inner = faiss.read_index(str(codec / codecs.PQ_INDEX))
+    transform = faiss.LinearTransform(DIM, DIM, True)
+    faiss.copy_array_to_vector(np.eye(DIM, dtype=np.float32).ravel(), transform.A)
+    faiss.copy_array_to_vector(np.full(DIM, np.nan, np.float32), transform.b)
+    transform.is_trained = True
+    faiss.write_index(faiss.IndexPreTransform(transform, inner), str(codec / codecs.PQ_INDEX))
+    reseal(codec)
+    with pytest.raises(ArtifactError, match="without bias"):
+        codecs.load(str(codec))
 
 
 def test_a_codec_with_nan_centroids_is_refused(coded):

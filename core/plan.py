@@ -16,7 +16,7 @@ from typing import Callable
 
 from apache_beam.io.filesystems import FileSystems
 
-from core import files, manifests
+from core import containment, files, manifests
 from core.errors import ArtifactError
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,21 @@ def input_identity(patterns: list[str]) -> list:
     return sorted(found)
 
 
+def _check_paths(source: str, steps: dict, increments: list) -> None:
+    """Every path the state file names must stay inside the work directory (it is read back from disk)."""
+    named = [record.get("output") for record in steps.values()]
+    named += [spec for _, spec, *_ in steps.get("reduce", {}).get("writes", []) if spec != "identity"]
+    bad = [p for p in named if not containment.safe_relative(p)]
+    for inc in increments:  # increments live at fixed places
+        name = str(inc.get("name"))
+        expected = {"embeddings": f"increments/{name}/embeddings", "reduced": f"increments/{name}/reduced",
+                    "drift_file": f"increments/{name}/drift.json"}
+        bad += [inc.get(k) for k, v in expected.items() if not name.isdigit() or inc.get(k) not in (v, None)]
+    if bad:
+        raise ArtifactError(f"{source} is corrupt: it names {bad[0]!r}, which is not a path inside the work "
+                            "directory; nothing was used or deleted")
+
+
 class RunState:
     """The work directory's ``run_manifest.json``: finished steps and increments."""
 
@@ -50,6 +65,7 @@ class RunState:
         if files.exists(self.path):
             body = json.loads(files.read_text(self.path))
             self.steps, self.increments = body.get("steps", {}), body.get("increments", [])
+            _check_paths(self.path, self.steps, self.increments)
 
     def abs(self, relative: str) -> str:
         return files.join(self.workdir, relative)
