@@ -43,6 +43,7 @@ from transforms.runner import (
     progress_share,
     run_and_wait,
     with_local_workers,
+    worker_processes,
 )
 from transforms.sinks import DEAD, DEADLETTER_DIR, WriteDeadLetters
 
@@ -136,12 +137,14 @@ def run(config: EmbedConfig, options: PipelineOptions) -> dict:
         start = time.monotonic()
         p = create_pipeline(options)
         build(p, config, handler, config.num_shards or default_shards(paths), previous, progress_share(options))
-        counts = check_counts(run_and_wait(p), config, previous)
+        result = run_and_wait(p)
+        counts = check_counts(result, config, previous)
+        workers = worker_processes(result)
         elapsed = time.monotonic() - start
         records.write_schema(records.make_schema(config.embedding_dim), config.output)
         shards = out.written_shards()
         manifest = out.commit({
-            **params, "counts": counts, "records": counts["embedded"], "dim": config.embedding_dim,
+            **params, "worker_processes": workers, "counts": counts, "records": counts["embedded"], "dim": config.embedding_dim,
             "has_text": True, "shards": shard_entries(config.output, shards),
             "seconds": round(elapsed, 2), "sentences_per_second": round(counts["embedded"] / max(elapsed, 1e-9), 1),
         })

@@ -36,7 +36,7 @@ from pipelines.cli import job_parser, parse_config
 from transforms import codec_fitting
 from transforms.analyze import Analyze
 from transforms.fitting import FitRows
-from transforms.runner import counter_values, create_pipeline, run_and_wait
+from transforms.runner import counter_values, create_pipeline, run_and_wait, worker_processes
 from transforms.sinks import DEAD, WriteDeadLetters
 
 log = logging.getLogger(__name__)
@@ -124,10 +124,12 @@ def run(config: FitCodecConfig, options: PipelineOptions) -> dict:
         with transform_fn.workspace(config.temp_dir, "fit-codec") as temp_dir:
             p = create_pipeline(options)
             build(p, datasets, config, fraction, temp_dir, reducer)
-            counts = check_counts(run_and_wait(p), datasets)
+            result = run_and_wait(p)
+            counts = check_counts(result, datasets)
+            workers = worker_processes(result)
             body = _finish(config, reducer, datasets[0].dim, counts, temp_dir)
         manifest = out.commit({**params, **body, "seconds": round(time.monotonic() - start, 2),
-                               "rows_read": counts["read"],
+                               "rows_read": counts["read"], "worker_processes": workers,
                                "rows_non_finite": counts.get("dead_letter_non_finite", 0)})
     log.info("%s codec (%d bytes/vector) fitted in %.1fs -> %s", manifest["name"], manifest["bytes_per_vector"],
              manifest["seconds"], config.output)

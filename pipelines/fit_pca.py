@@ -48,7 +48,7 @@ from pipelines.cli import job_parser, parse_config
 from transforms import pca as pca_transform
 from transforms.analyze import Analyze
 from transforms.fitting import FitRows
-from transforms.runner import counter_values, create_pipeline, run_and_wait
+from transforms.runner import counter_values, create_pipeline, run_and_wait, worker_processes
 from transforms.sinks import DEAD, WriteDeadLetters
 
 log = logging.getLogger(__name__)
@@ -213,13 +213,15 @@ def run(config: FitPcaConfig, options: PipelineOptions) -> dict:
             # with Beam's and TensorFlow's threads; more threads measured slower
             # (benchmarks/RESULTS.md). Applies to the local, in-process runner.
             with threadpool_limits(limits=1, user_api="blas"):
-                counts = check_rows(run_and_wait(p), inputs, config)
+                result = run_and_wait(p)
+                counts = check_rows(result, inputs, config)
+                workers = worker_processes(result)
             elapsed = time.monotonic() - start
             values, ratio, head = export_head(config, inputs.dim, files.join(temp_dir, ANALYZED))
         eigenvalues = np.diag(values[pca_transform.MATRIX].T @ values[pca_transform.COVARIANCE]
                               @ values[pca_transform.MATRIX])
         manifest = out.commit({
-            **params, "input_dim": inputs.dim, "output_dim": config.output_dim,
+            **params, "worker_processes": workers, "input_dim": inputs.dim, "output_dim": config.output_dim,
             "rows_read": counts.get("read", 0), "rows_analyzed": counts["rows_analyzed"],
             "rows_non_finite": counts.get("dead_letter_non_finite", 0),
             "explained_variance_ratio": [round(float(r), 8) for r in ratio],

@@ -36,7 +36,8 @@ from transforms import corpus
 from transforms.datasets import BatchVectors, ReadDataset, WriteDataset
 from transforms.embedding import EmbedCorpus, EncoderModelHandler, reconcile_embedding
 from transforms.reduction import DTYPES, NAMESPACE, ReduceBatch
-from transforms.runner import counter_values, create_pipeline, processes_per_machine, progress_share, run_and_wait
+from transforms.runner import (counter_values, create_pipeline, processes_per_machine, progress_share, run_and_wait,
+                               worker_processes)
 from transforms.sinks import DEAD, DEADLETTER_DIR, WriteDeadLetters, reconcile
 
 log = logging.getLogger(__name__)
@@ -149,15 +150,18 @@ def run(config: ReduceConfig, options: PipelineOptions) -> dict:
         start = time.monotonic()
         p = create_pipeline(options)
         build(p, config, source, input_dim, keep_text, options, params["artifact_digest"])
-        counts = check_counts(run_and_wait(p), config, source)
+        result = run_and_wait(p)
+        counts = check_counts(result, config, source)
+        workers = worker_processes(result)
         elapsed = time.monotonic() - start
         if config.format == "tfrecord":
             records.write_schema(records.make_schema(representation.dim, keep_text, representation.codes),
                                  config.output)
         shards = out.written_shards()
         manifest = out.commit({
-            **params, "dim": representation.dim, "input_dim": input_dim, "has_text": keep_text,
-            "format": config.format, "codes": representation.codes, "representation": representation.summary(config.output),
+            **params, "worker_processes": workers, "dim": representation.dim, "input_dim": input_dim, "has_text": keep_text,
+            "format": config.format, "codes": representation.codes,
+            "representation": representation.summary(config.output),
             "bytes_per_vector": representation.bytes_per_vector,
             "encoder": source.encoder if source else config.encoder, "counts": counts, "records": counts["written"],
             "shards": shard_entries(config.output, shards), "seconds": round(elapsed, 2),

@@ -170,6 +170,7 @@ def test_reduce_checks_its_outputs_and_fails_when_it_wrote_nothing(tmp_path, thr
     assert len(dead) == 300 and {d["reason"] for d in dead} == {"non_finite_output"}
 
 
+@pytest.mark.slow  # separate processes: make test-slow (test_reduce checks re-runs in one process)
 def test_reduce_tfrecords_are_byte_identical_across_processes(tmp_path, three_shards):
     reducer = write_linear_reducer(tmp_path / "pca", np.zeros(64), np.linalg.qr(
         np.random.default_rng(0).normal(size=(64, 64)))[0][:, :8])

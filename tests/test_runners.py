@@ -183,3 +183,29 @@ def test_local_embedding_uses_a_worker_process_per_core_for_large_inputs(tmp_pat
     assert mode(PipelineOptions([]), [big, "ram://corpus/a.txt"]) == ("in_memory", 1)
     monkeypatch.setattr(beam_runner, "available_cores", lambda: 1)
     assert mode(PipelineOptions([]), [big]) == ("in_memory", 1)
+
+
+@pytest.mark.slow  # separate worker processes: make test-slow
+def test_every_beam_job_runs_its_bundles_in_two_worker_processes(tmp_path):
+    """embed, fit-pca, fit-codec (int8 and PQ) and reduce with --direct_num_workers=2: both processes do work
+    (each job counts the processes its DoFns ran in), and the results equal the one-process run's."""
+    hub = save_text_encoder(str(tmp_path / "hub"), 64)
+    for i in range(6):  # 288 sentences: enough rows for a PQ codec's 256 centroids
+        (tmp_path / f"part-{i}.txt").write_text("\n".join(f"{s} (part {i})" for s in SENTENCES) + "\n")
+    mp = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    emb = embed.main(["--input", str(tmp_path / "part-*.txt"), "--output", str(tmp_path / "emb"), "--embedding_dim",
+                      "64", "--encoder", f"tfhub:{hub}", "--num_shards", "4", *mp])
+    pca = fit_pca.main(["--input", str(tmp_path / "emb"), "--output", str(tmp_path / "pca"), "--output_dim", "8",
+                        "--batch_size", "16", *mp])
+    int8 = fit_codec.main(["--input", str(tmp_path / "emb"), "--output", str(tmp_path / "i8"), "--codec", "int8",
+                           "--batch_size", "16", *mp])
+    pq = fit_codec.main(["--input", str(tmp_path / "emb"), "--output", str(tmp_path / "pq"), "--codec", "pq",
+                         "--m", "8", "--no-opq", "--batch_size", "16", *mp])
+    red = reduce.main(["--input", str(tmp_path / "emb"), "--reducer", str(tmp_path / "pca"), "--output",
+                       str(tmp_path / "red"), "--batch_size", "16", *mp])
+    assert [m["worker_processes"] for m in (emb, pca, int8, pq, red)] == [2] * 5
+    one = reduce.main(["--input", str(tmp_path / "emb"), "--reducer", str(tmp_path / "pca"), "--output",
+                       str(tmp_path / "red1"), "--batch_size", "16", "--direct_num_workers=1"])
+    assert one["worker_processes"] == 1
+    for shard in sorted((tmp_path / "red").glob("data-*")):
+        assert shard.read_bytes() == (tmp_path / "red1" / shard.name).read_bytes()

@@ -254,7 +254,7 @@ def test_reduce_job_with_an_autoencoder_artifact(dataset, tmp_path):
     np.testing.assert_allclose(np.stack([rows[i] for i in ids]), want, atol=1e-5)
 
 
-@pytest.mark.parametrize("strategy", ["mirrored", "multiworker"])
+@pytest.mark.parametrize("strategy", ["mirrored", pytest.param("multiworker", marks=pytest.mark.slow)])
 def test_distribution_strategies_train_and_export(dataset, tmp_path, strategy, monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)  # multiworker without a cluster: a one-worker cluster
     out = tmp_path / strategy

@@ -52,6 +52,7 @@ from core.errors import InputError
 from core.globs import expand_inputs
 from core.logs import Progress
 from core.textnorm import normalize, text_id
+from transforms.runner import count_worker
 
 FORMATS = ("text", "csv", "tsv", "jsonl", "parquet")
 _EXTENSIONS = {".txt": "text", ".text": "text", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl",
@@ -472,10 +473,12 @@ class ReadFile(beam.DoFn):
         self.max_chars = max_chars
 
     def setup(self):
+        self.counted = False
         self.counters = _Counters()
         csv.field_size_limit(sys.maxsize // 2)
 
     def process(self, item: tuple[str, str]):
+        self.counted = self.counted or count_worker()
         path, fmt = item
         if fmt == "parquet" and compression_of(path):
             raise InputError(f"{path}: Parquet files compress internally; decompress the file")

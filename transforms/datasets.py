@@ -17,7 +17,6 @@ write identical files. This is the only module that uses Beam internals
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -31,6 +30,7 @@ from core import deadletter as dl
 from core import files, records
 from core.dataset import EmbeddingDataset
 from core.errors import DataError
+from transforms.runner import count_worker
 from transforms.sinks import DEAD, DeadLetterCounter
 
 CORRUPT_RECORD = "corrupt_record"
@@ -122,9 +122,10 @@ class _ReadShard(beam.DoFn):
 
     def setup(self):
         self.read = Metrics.counter(self.namespace, "read")
-        Metrics.counter("workers", f"pid-{os.getpid()}").inc()  # which processes did the work
+        self.counted = False
 
     def process(self, element):
+        self.counted = self.counted or count_worker()
         shard, path, layout = element
         for number, raw in enumerate(self._raw(path, layout)):
             self.read.inc(len(raw))

@@ -5,6 +5,7 @@ import logging
 import os
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
@@ -47,6 +48,19 @@ def run_and_wait(pipeline: beam.Pipeline):
     if state not in (None, "DONE") and str(state) != "DONE":
         raise RuntimeError(f"pipeline finished in state {state}")
     return result
+
+
+WORKERS = "workers"
+
+
+def count_worker() -> None:
+    """Note which process runs this DoFn (call in ``setup``): jobs report how many processes did the work."""
+    Metrics.counter(WORKERS, f"pid-{os.getpid()}").inc()
+
+
+def worker_processes(result) -> int:
+    """How many distinct worker processes ran the counted DoFns."""
+    return len(counter_values(result, WORKERS))
 
 
 def counter_values(result, namespace: str) -> dict[str, int]:
