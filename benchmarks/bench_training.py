@@ -44,6 +44,7 @@ from core import search  # noqa: E402
 from core.evaluation import metrics  # noqa: E402
 from core.reducers import load_reducer  # noqa: E402
 from pipelines import train as task  # noqa: E402
+from trainer import training  # noqa: E402
 from tests.fixtures import write_embedding_dataset  # noqa: E402
 
 TITLE = "Training budget: when training stops"
@@ -130,7 +131,7 @@ class _Weights:
 
 def replay(val_losses: list[float], patience: int, min_improvement: float) -> tuple[int, int]:
     """(epochs run, epoch kept), 1-based, had ``PlateauStopping`` watched this curve."""
-    rule = task.PlateauStopping("val_loss", patience, min_improvement)
+    rule = training.PlateauStopping("val_loss", patience, min_improvement)
     rule.set_model(_Weights())
     for epoch, loss in enumerate(val_losses):
         rule.on_epoch_end(epoch, {"val_loss": loss})

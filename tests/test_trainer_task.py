@@ -20,7 +20,7 @@ from core.errors import ArtifactError, InputError
 from core.reducers import load_reducer
 from pipelines import train as task
 from tests.fixtures import correlated_vectors, read_records, write_embedding_dataset
-from trainer import data, export
+from trainer import data, export, training
 from trainer.model import build_autoencoder
 
 DIM = 32
@@ -66,6 +66,7 @@ def test_a_directory_without_manifest_is_not_a_dataset(tmp_path):
 
 def test_two_epochs_reduce_validation_loss_and_export_the_artifact(dataset, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="pipelines.train")
+    caplog.set_level(logging.INFO, logger="trainer.training")
     out = tmp_path / "ae"
     seen = {}
 
@@ -81,7 +82,7 @@ def test_two_epochs_reduce_validation_loss_and_export_the_artifact(dataset, tmp_
     manifest = task.train(args, extra_callbacks=[Record()])
 
     assert sorted(seen) == [0, 1] and seen[1] < initial and seen[1] < seen[0]
-    lines = [r.getMessage() for r in caplog.records if r.name == "pipelines.train"]
+    lines = [r.getMessage() for r in caplog.records if r.name in ("pipelines.train", "trainer.training")]
     n_val = len(_all(val))
     assert f"training 2 epochs on {600 - n_val} rows ({-(-(600 - n_val) // 32)} batches of 32 per epoch), " \
            f"validating on {n_val} rows ({-(-n_val // 32)} batches)" in lines
@@ -279,7 +280,7 @@ class _Model:
 
 def _replay(curve, patience=5, min_improvement=0.002) -> tuple[int, int, _Model]:
     """Feed a validation-loss curve to PlateauStopping as fit would: (epochs run, epoch whose weights are kept)."""
-    rule, model = task.PlateauStopping("val_loss", patience, min_improvement), _Model()
+    rule, model = training.PlateauStopping("val_loss", patience, min_improvement), _Model()
     rule.set_model(model)
     for epoch, loss in enumerate(curve):
         model.weights = [np.array(epoch)]
@@ -315,25 +316,25 @@ def test_plateau_rule_measures_improvement_relative_to_the_loss():
 
 
 def test_epoch_line_says_losses_time_and_eta():
-    line = task.epoch_line(2, 100, {"loss": 0.12341, "val_loss": 0.13012}, 9.8, 97 * 9.3, True)
+    line = training.epoch_line(2, 100, {"loss": 0.12341, "val_loss": 0.13012}, 9.8, 97 * 9.3, True)
     assert line == ("epoch 3/100: loss 0.1234, val_loss 0.1301, 9.8 s, ETA 15 min for the remaining 97 epochs "
                     "(early stopping may end sooner)")
-    assert task.epoch_line(98, 100, {"loss": 0.5}, 2.04, 40, False) == \
+    assert training.epoch_line(98, 100, {"loss": 0.5}, 2.04, 40, False) == \
         "epoch 99/100: loss 0.5000, 2.0 s, ETA 40 s for the remaining 1 epoch"
-    assert task.epoch_line(99, 100, {"loss": 0.5, "val_loss": 0.6}, 2.0, 0, True) == \
+    assert training.epoch_line(99, 100, {"loss": 0.5, "val_loss": 0.6}, 2.0, 0, True) == \
         "epoch 100/100: loss 0.5000, val_loss 0.6000, 2.0 s"
-    assert "ETA 2.5 h" in task.epoch_line(0, 1000, {"loss": 1.0}, 9.0, 9000, False)
+    assert "ETA 2.5 h" in training.epoch_line(0, 1000, {"loss": 1.0}, 9.0, 9000, False)
 
 
 def test_eta_is_the_mean_epoch_time_after_the_first_times_the_epochs_left():
-    assert task.eta_seconds([30.0], 4) == 120.0  # only the first epoch so far: all there is
-    assert task.eta_seconds([30.0, 10.0, 12.0], 5) == 55.0  # the first (graph tracing) left out
+    assert training.eta_seconds([30.0], 4) == 120.0  # only the first epoch so far: all there is
+    assert training.eta_seconds([30.0, 10.0, 12.0], 5) == 55.0  # the first (graph tracing) left out
 
 
 def test_epoch_log_writes_the_first_and_last_epoch_and_a_line_at_most_every_10_s(caplog):
-    caplog.set_level(logging.INFO, logger="pipelines.train")
+    caplog.set_level(logging.INFO, logger="trainer.training")
     ticks = iter([0.0, 20.0, 20.0, 30.0, 30.0, 34.0, 34.0, 38.0])  # begin/end of epochs taking 20, 10, 4, 4 s
-    callback = task.EpochLog(epochs=4, may_stop=False, clock=lambda: next(ticks))
+    callback = training.EpochLog(epochs=4, may_stop=False, clock=lambda: next(ticks))
     for epoch in range(4):
         callback.on_epoch_begin(epoch)
         callback.on_epoch_end(epoch, {"loss": 1.0 / (epoch + 1)})
@@ -349,16 +350,16 @@ def test_the_default_run_decays_over_a_budget_stops_on_a_plateau_and_logs_epochs
     assert (config.learning_rate, config.lr_schedule, config.train_examples, config.epochs) == \
         (1e-2, "cosine", 2_000_000, 100)
     assert (config.early_stopping, config.patience, config.min_improvement, config.verbose) == (True, 5, 0.002, 0)
-    assert task.planned_epochs(config, 95_067) == 21  # the benchmark's 100k financial rows, 5% held out
-    assert task.planned_epochs(config, 202_000) == 10  # a larger corpus: fewer epochs, as many steps
-    assert task.planned_epochs(config, 600) == 100  # a small one: --epochs is the upper bound
-    assert task.planned_epochs(config, 5_000_000) == 1
-    assert task.planned_epochs(dataclasses.replace(config, train_examples=0), 95_067) == 100
-    callbacks = task.make_callbacks(config, str(tmp_path), has_val=True, epochs=21)
-    [rule] = [c for c in callbacks if isinstance(c, task.PlateauStopping)]
+    assert training.planned_epochs(config, 95_067) == 21  # the benchmark's 100k financial rows, 5% held out
+    assert training.planned_epochs(config, 202_000) == 10  # a larger corpus: fewer epochs, as many steps
+    assert training.planned_epochs(config, 600) == 100  # a small one: --epochs is the upper bound
+    assert training.planned_epochs(config, 5_000_000) == 1
+    assert training.planned_epochs(dataclasses.replace(config, train_examples=0), 95_067) == 100
+    callbacks = training.make_callbacks(config, str(tmp_path), has_val=True, epochs=21)
+    [rule] = [c for c in callbacks if isinstance(c, training.PlateauStopping)]
     assert (rule.monitor, rule.patience, rule.min_improvement) == ("val_loss", 5, 0.002)
     assert not [c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)]
-    assert [c.epochs for c in callbacks if isinstance(c, task.EpochLog)] == [21]
+    assert [c.epochs for c in callbacks if isinstance(c, training.EpochLog)] == [21]
     [schedule] = [c for c in callbacks if isinstance(c, keras.callbacks.LearningRateScheduler)]
     rates = [schedule.schedule(e) for e in range(21)]
     assert rates[0] == 1e-2 and rates == sorted(rates, reverse=True) and rates[-1] < 1e-4  # decays over the plan
