@@ -44,8 +44,8 @@ from core import search  # noqa: E402
 from core.evaluation import metrics  # noqa: E402
 from core.reducers import load_reducer  # noqa: E402
 from pipelines import train as task  # noqa: E402
-from trainer import training  # noqa: E402
 from tests.fixtures import write_embedding_dataset  # noqa: E402
+from trainer import training  # noqa: E402
 
 TITLE = "Training budget: when training stops"
 OUT = REPO / "benchmarks" / "out" / "training"

@@ -1,1 +1,4 @@
-"""Formats and plumbing shared by every job: files, manifests, outputs, records, datasets, reducer artifacts, runners."""
+"""The bottom library: files, manifests, outputs, records, datasets, artifacts as data, search, metrics, logs.
+
+No Beam pipelines and no Keras: ``transforms``, ``trainer`` and ``pipelines`` build on it.
+"""

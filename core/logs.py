@@ -165,5 +165,6 @@ class Progress:
             return f"{self.what}: {self.count:,} ({rate:,.0f}/s)"
         left = max(self.expected - self.count, 0)
         eta = duration(left / rate) if rate > 0 else "unknown"
-        return (f"{self.what}: {self.count:,} of ~{self.expected:,.0f} ({100 * min(self.count / self.expected, 1):.0f}%, "
+        share = 100 * min(self.count / self.expected, 1)
+        return (f"{self.what}: {self.count:,} of ~{self.expected:,.0f} ({share:.0f}%, "
                 f"{rate:,.0f}/s), ETA {eta}")

@@ -163,7 +163,7 @@ def resolve_reference(ref: object, from_dir: str) -> str:
     An artifact refitted or replaced since ``from_dir`` was written has another digest: an error, never
     silently different results.
     """
-    if not isinstance(ref, dict) or not _HEX64.fullmatch(str(ref.get("digest"))) or not isinstance(ref.get("path"), str):
+    if not (isinstance(ref, dict) and _HEX64.fullmatch(str(ref.get("digest"))) and isinstance(ref.get("path"), str)):
         raise ArtifactError(f"{path(from_dir)} is corrupt: an artifact reference has no path or digest")
     relative = ref.get("relative")
     candidates = ([containment.canonical(files.join(from_dir, relative))] if isinstance(relative, str) else [])

@@ -60,7 +60,8 @@ class OutputDir:
         containment.check_separate(self.directory, self.reads, layouts.probes())
         links = files.symlinks(self.directory) if files.exists(self.directory) else []
         if links:
-            raise ArtifactError(f"{self.directory} holds symbolic links ({', '.join(self._rel(p) for p in links[:3])}); "
+            names = ", ".join(self._rel(p) for p in links[:3])
+            raise ArtifactError(f"{self.directory} holds symbolic links ({names}); "
                                 "a job writes only into plain directories, never through a link: remove them or "
                                 "choose another output")
         return self

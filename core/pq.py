@@ -51,8 +51,9 @@ def _split(index: faiss.Index) -> tuple[faiss.Index, faiss.IndexPQ, bool]:
         raise ArtifactError(f"expected one OPQ rotation before the PQ, got {index.chain.size()} transforms")
     rotation = faiss.downcast_VectorTransform(index.chain.at(0))
     if not isinstance(rotation, faiss.LinearTransform) or rotation.d_in != rotation.d_out or rotation.have_bias:
+        bias = ", with a bias" if rotation.have_bias else ""
         raise ArtifactError(f"expected a square OPQ rotation without bias, got a {type(rotation).__name__} "
-                            f"({rotation.d_in} -> {rotation.d_out} dims{', with a bias' if rotation.have_bias else ''})")
+                            f"({rotation.d_in} -> {rotation.d_out} dims{bias})")
     inner = faiss.downcast_index(index.index)
     if not isinstance(inner, faiss.IndexPQ):
         raise ArtifactError(f"expected an IndexPQ after the OPQ rotation, got a {type(inner).__name__}")

@@ -32,7 +32,8 @@ _SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805
 ACTIVATIONS = {
     "linear": lambda x: x,
     "relu": lambda x: np.maximum(x, np.float32(0)),
-    "selu": lambda x: np.float32(_SELU_SCALE) * np.where(x > 0, x, np.float32(_SELU_ALPHA) * np.expm1(np.minimum(x, 0))),
+    "selu": lambda x: np.float32(_SELU_SCALE) * np.where(x > 0, x,
+                                                         np.float32(_SELU_ALPHA) * np.expm1(np.minimum(x, 0))),
     "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
     "tanh": np.tanh,
     "sigmoid": lambda x: np.float32(1) / (np.float32(1) + np.exp(-x)),

@@ -29,7 +29,9 @@ from core import logs
 from core.config import option
 from core.encoders import DEFAULT_ENCODER
 from core.errors import NAMES, ShrinkError
-from transforms.corpus import FORMATS
+from transforms.corpus import FORMATS, ReadCorpus
+from transforms.embedding import EncoderModelHandler
+from transforms.runner import processes_per_machine
 
 COMMANDS = {
     "embed": ("pipelines.embed", "corpus -> 512-d embedding TFRecord shards"),
@@ -179,6 +181,14 @@ class CorpusFields:
                                               "are dead-lettered)")
     encoder_threads: int = option(0, "BLAS threads per worker process; 0 = its share of the machine's cores")
     max_batch_size: int = option(1024, "largest encoder batch")
+
+    def read_corpus(self, patterns) -> ReadCorpus:
+        return ReadCorpus(list(patterns), self.input_format, self.text_field, self.id_field, self.max_chars)
+
+    def encoder_handler(self, options: PipelineOptions) -> EncoderModelHandler:
+        """The encoder's model handler, its threads sized for the processes sharing each machine."""
+        return EncoderModelHandler(self.encoder, self.max_batch_size, threads=self.encoder_threads or None,
+                                   processes_per_machine=processes_per_machine(options))
 
 
 CORPUS_FIELDS = tuple(f.name for f in dataclasses.fields(CorpusFields))

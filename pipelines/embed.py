@@ -32,14 +32,13 @@ from core.encoders import validate_spec
 from core.errors import ArtifactError, InputError
 from core.outputs import OutputDir
 from pipelines.cli import RUNTIME_FIELDS, CorpusFields, job_parser, parse_config
-from transforms.corpus import NAMESPACE, ReadCorpus, check_patterns
+from transforms.corpus import NAMESPACE, check_patterns
 from transforms.datasets import BatchVectors, WriteDataset, to_records
 from transforms.dedupe import ReadPrevious
 from transforms.embedding import EmbedCorpus, EncoderModelHandler, reconcile_embedding
 from transforms.runner import (
     counter_values,
     create_pipeline,
-    processes_per_machine,
     progress_share,
     run_and_wait,
     with_local_workers,
@@ -83,7 +82,7 @@ def default_shards(paths: list[str]) -> int:
 def build(p: beam.Pipeline, config: EmbedConfig, handler: EncoderModelHandler, num_shards: int,
           previous: list[EmbeddingDataset] = (), share: int | None = 1) -> None:
     """read corpus -> dedupe (against previous outputs) -> embed -> shards, and dead letters."""
-    read = ReadCorpus(list(config.input), config.input_format, config.text_field, config.id_field, config.max_chars)
+    read = config.read_corpus(config.input)
     earlier = p | "Previous" >> ReadPrevious(list(previous)) if previous else None
     embedded = p | "EmbedCorpus" >> EmbedCorpus(read, handler, config.embedding_dim, earlier, share)
     _ = (embedded["vectors"]
@@ -131,9 +130,7 @@ def run(config: EmbedConfig, options: PipelineOptions) -> dict:
     out = OutputDir(config.output, "embeddings", manifests.fingerprint(params), [*config.input, *config.previous])
     options = with_local_workers(options, paths)
     with out.claim(config.overwrite):
-        handler = EncoderModelHandler(config.encoder, threads=config.encoder_threads or None,
-                                      processes_per_machine=processes_per_machine(options),
-                                      max_batch_size=config.max_batch_size)
+        handler = config.encoder_handler(options)
         start = time.monotonic()
         p = create_pipeline(options)
         build(p, config, handler, config.num_shards or default_shards(paths), previous, progress_share(options))
@@ -144,7 +141,8 @@ def run(config: EmbedConfig, options: PipelineOptions) -> dict:
         records.write_schema(records.make_schema(config.embedding_dim), config.output)
         shards = out.written_shards()
         manifest = out.commit({
-            **params, "worker_processes": workers, "counts": counts, "records": counts["embedded"], "dim": config.embedding_dim,
+            **params, "worker_processes": workers, "counts": counts, "records": counts["embedded"],
+            "dim": config.embedding_dim,
             "has_text": True, "shards": shard_entries(config.output, shards),
             "seconds": round(elapsed, 2), "sentences_per_second": round(counts["embedded"] / max(elapsed, 1e-9), 1),
         })

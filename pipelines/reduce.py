@@ -34,10 +34,15 @@ from core.outputs import OutputDir
 from pipelines.cli import RUNTIME_FIELDS, CorpusFields, job_parser, parse_config
 from transforms import corpus
 from transforms.datasets import BatchVectors, ReadDataset, WriteDataset
-from transforms.embedding import EmbedCorpus, EncoderModelHandler, reconcile_embedding
+from transforms.embedding import EmbedCorpus, reconcile_embedding
 from transforms.reduction import DTYPES, NAMESPACE, ReduceBatch
-from transforms.runner import (counter_values, create_pipeline, processes_per_machine, progress_share, run_and_wait,
-                               worker_processes)
+from transforms.runner import (
+    counter_values,
+    create_pipeline,
+    progress_share,
+    run_and_wait,
+    worker_processes,
+)
 from transforms.sinks import DEAD, DEADLETTER_DIR, WriteDeadLetters, reconcile
 
 log = logging.getLogger(__name__)
@@ -76,13 +81,8 @@ def read_columns(p: beam.Pipeline, config: ReduceConfig, source: EmbeddingDatase
     if source is not None:
         read = p | "ReadDataset" >> ReadDataset([source], NAMESPACE, config.batch_size, with_text=True)
         return read["columns"], [read[DEAD]]
-    read = corpus.ReadCorpus(list(config.text_input), config.input_format, config.text_field, config.id_field,
-                             config.max_chars)
-    handler = EncoderModelHandler(config.encoder, threads=config.encoder_threads or None,
-                                  processes_per_machine=processes_per_machine(options),
-                                  max_batch_size=config.max_batch_size)
-    embedded = p | "EmbedCorpus" >> EmbedCorpus(read, handler, config.embedding_dim,
-                                                 share=progress_share(options))
+    embedded = p | "EmbedCorpus" >> EmbedCorpus(config.read_corpus(config.text_input), config.encoder_handler(options),
+                                                 config.embedding_dim, share=progress_share(options))
     return embedded["vectors"] | "BatchVectors" >> BatchVectors(config.batch_size), [embedded[DEAD]]
 
 
@@ -118,13 +118,18 @@ def check_counts(result, config: ReduceConfig, source: EmbeddingDataset | None) 
     return counts
 
 
+def _reads(config: ReduceConfig) -> list[str]:
+    """What the job reads: the dataset or corpus files, and the artifact."""
+    return [config.input, *config.text_input] + ([config.reducer] if config.reducer != reducers.IDENTITY else [])
+
+
 def open_inputs(config: ReduceConfig) -> tuple[EmbeddingDataset | None, codecs.Representation, dict]:
     """The source dataset (or None for raw text), the representation, and the run's parameters; all checked."""
     if config.batch_size < 1:
         raise InputError("--batch_size must be positive")
     if bool(config.input) == bool(config.text_input):
         raise InputError("give --input (an embedding dataset) or --text_input (corpus files), one of the two")
-    reads = [config.input, *(config.text_input or ())] + ([config.reducer] if config.reducer != reducers.IDENTITY else [])
+    reads = _reads(config)
     OutputDir(config.output, "reduced", "", reads).check()
     source = EmbeddingDataset.open(config.input) if config.input else None
     if source is None:
@@ -144,7 +149,7 @@ def run(config: ReduceConfig, options: PipelineOptions) -> dict:
     source, representation, params = open_inputs(config)
     keep_text = (source.has_text if source else True) and not config.drop_text
     input_dim = source.dim if source else config.embedding_dim
-    reads = [config.input, *(config.text_input or ())] + ([config.reducer] if config.reducer != reducers.IDENTITY else [])
+    reads = _reads(config)
     out = OutputDir(config.output, "reduced", manifests.fingerprint(params), reads)
     with out.claim(config.overwrite):
         start = time.monotonic()
@@ -159,7 +164,8 @@ def run(config: ReduceConfig, options: PipelineOptions) -> dict:
                                  config.output)
         shards = out.written_shards()
         manifest = out.commit({
-            **params, "worker_processes": workers, "dim": representation.dim, "input_dim": input_dim, "has_text": keep_text,
+            **params, "worker_processes": workers, "dim": representation.dim, "input_dim": input_dim,
+            "has_text": keep_text,
             "format": config.format, "codes": representation.codes,
             "representation": representation.summary(config.output),
             "bytes_per_vector": representation.bytes_per_vector,

@@ -99,7 +99,7 @@ def _bucket_dataset(name: str) -> EmbeddingDataset:
 def test_embed_translates_for_dataflow(tmp_path):
     p = beam.Pipeline(options=_dataflow_options())
     config = embed.EmbedConfig(input=("gs://fake-bucket/in/*.txt",), output="gs://fake-bucket/emb")
-    embed.build(p, config, EncoderModelHandler("use-m3"), 4, [_bucket_dataset("old")])
+    embed.build(p, config, EncoderModelHandler("use-m3", 1024), 4, [_bucket_dataset("old")])
     names, blob = _translated(p)
     assert {"EmbedCorpus/ReadCorpus", "EmbedCorpus/Deduplicate", "EmbedCorpus/Embed", "WriteDataset/WriteShard",
             "DeadLetters/WriteDeadLetters", "Previous"} <= names

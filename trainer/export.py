@@ -45,7 +45,8 @@ def export_head(model: Autoencoder, artifact_dir: str) -> tuple[reducers.Head, d
     probe = np.random.default_rng(0).normal(size=(16, model.input_dim)).astype(np.float32)
     expected = np.asarray(model.reduce(tf.constant(probe)))
     if not np.allclose(head(probe), expected, rtol=1e-4, atol=1e-5):
-        raise RuntimeError(f"the exported head disagrees with the model (max diff {np.abs(head(probe) - expected).max()})")
+        diff = np.abs(head(probe) - expected).max()
+        raise RuntimeError(f"the exported head disagrees with the model (max diff {diff})")
     entry = head.save(artifact_dir)
     head.export_saved_model(files.join(artifact_dir, reducers.HEAD_DIR))
     return head, entry

@@ -51,8 +51,8 @@ class EncoderModelHandler(ModelHandler[str, PredictionResult, Encoder]):
     on its own comes back with its error message as ``inference``.
     """
 
-    def __init__(self, spec: str, threads: int | None = None, processes_per_machine: int = 1,
-                 min_batch_size: int = 64, max_batch_size: int = 1024):
+    def __init__(self, spec: str, max_batch_size: int, threads: int | None = None, processes_per_machine: int = 1,
+                 min_batch_size: int = 64):
         super().__init__()
         self.spec = validate_spec(spec)
         self.threads, self.processes_per_machine = threads, processes_per_machine
