@@ -25,13 +25,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=30, help="most autoencoder epochs")
     parser.add_argument("--query", default=QUERY, help="the query searched at the end")
     args, rest = parser.parse_known_args(argv)
-    os.makedirs(args.workdir, exist_ok=True)
-    corpus = os.path.join(args.workdir, f"sample_corpus_{args.n}.txt")
+    corpus = os.path.join(args.workdir, "corpus", f"sample_corpus_{args.n}.txt")  # beside the run, never in it
     if not os.path.exists(corpus):
+        os.makedirs(os.path.dirname(corpus), exist_ok=True)
         sample_corpus.write(corpus, args.n)
     sts = ["--sts_dir", os.path.abspath(SHARED_STS)] if os.path.isdir(SHARED_STS) else []
-    summary = run_job.main(["--input", corpus, "--workdir", args.workdir, "--epochs", str(args.epochs),
-                            "--queries", "500", *sts, *rest])
+    summary = run_job.main(["--input", corpus, "--workdir", os.path.join(args.workdir, "run"), "--epochs",
+                            str(args.epochs), "--queries", "500", *sts, *rest])
     search.main(["--corpus", summary["reduced"][0], "--query", args.query, "--k", "5"])
     return summary
 
