@@ -81,6 +81,11 @@ class EmbeddingDataset:
         return bool(self.manifest.get("has_text", True))
 
     @property
+    def has_metadata(self) -> bool:
+        """Whether records carry the user's chosen fields of their source record (a JSON object)."""
+        return bool(self.manifest.get("has_metadata", False))
+
+    @property
     def codes(self) -> bool:
         """Whether records hold ``codes`` bytes (int8/PQ) instead of a float ``embedding``."""
         return bool(self.manifest.get("codes", False))
@@ -155,7 +160,8 @@ def _tfrecord_batches(dataset: EmbeddingDataset, shard: str, batch_size: int, wi
     import numpy as np
     import tensorflow as tf
 
-    spec = records.feature_spec(dataset.dim, with_text, dataset.codes)
+    metadata = with_text and dataset.has_metadata
+    spec = records.feature_spec(dataset.dim, with_text, dataset.codes, metadata)
     try:
         for batch in tf.data.TFRecordDataset(shard).batch(batch_size):
             parsed = tf.io.parse_example(batch, spec)
@@ -167,6 +173,8 @@ def _tfrecord_batches(dataset: EmbeddingDataset, shard: str, batch_size: int, wi
                 out["vector"] = parsed[records.EMBEDDING].numpy()
             if with_text:
                 out["text"] = [b.decode("utf-8") for b in parsed[records.TEXT].numpy()]
+            if metadata:
+                out["metadata"] = [b.decode("utf-8") for b in parsed[records.METADATA].numpy()]
             yield out
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
         raise DataError(f"{shard}: damaged or unexpected records ({e.message.splitlines()[0][:200]})") from None
@@ -177,7 +185,8 @@ def _parquet_batches(dataset: EmbeddingDataset, shard: str, batch_size: int, wit
     import pyarrow.parquet as pq
 
     column = records.CODES if dataset.codes else records.EMBEDDING
-    names = [records.ID, column] + ([records.TEXT] if with_text else [])
+    metadata = with_text and dataset.has_metadata
+    names = [records.ID, column] + [records.TEXT] * with_text + [records.METADATA] * metadata
     with files.open_read(shard) as f:
         for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=names):
             values = batch.column(column)
@@ -189,6 +198,8 @@ def _parquet_batches(dataset: EmbeddingDataset, shard: str, batch_size: int, wit
             out = {"id": batch.column(records.ID).to_pylist(), "vector": vector}
             if with_text:
                 out["text"] = batch.column(records.TEXT).to_pylist()
+            if metadata:
+                out["metadata"] = batch.column(records.METADATA).to_pylist()
             yield out
 
 

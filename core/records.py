@@ -22,10 +22,11 @@ ID = "id"
 TEXT = "text"
 EMBEDDING = "embedding"
 CODES = "codes"
+METADATA = "metadata"  # optional: the user's chosen fields of the source record, as a JSON object
 SCHEMA_FILE = "schema.pbtxt"
 
 
-def feature_spec(dim: int, with_text: bool = True, codes: bool = False) -> dict:
+def feature_spec(dim: int, with_text: bool = True, codes: bool = False, metadata: bool = False) -> dict:
     """The tf.io parsing spec of one record: a ``dim``-long float ``embedding``, or ``codes`` bytes.
 
     The one spec every reader uses (Beam jobs, datasets read in memory, the trainer's tf.data input).
@@ -37,16 +38,18 @@ def feature_spec(dim: int, with_text: bool = True, codes: bool = False) -> dict:
                                            else tf.io.FixedLenFeature([dim], tf.float32))
     if with_text:
         spec[TEXT] = tf.io.FixedLenFeature([], tf.string)
+    if metadata:
+        spec[METADATA] = tf.io.FixedLenFeature([], tf.string)
     return spec
 
 
-def make_schema(dim: int, with_text: bool = True, codes: bool = False) -> schema_pb2.Schema:
+def make_schema(dim: int, with_text: bool = True, codes: bool = False, metadata: bool = False) -> schema_pb2.Schema:
     """The schema of the records, built from protos alone (same message as tf.Transform derives; tested).
 
     With ``codes`` the vector is a ``codes`` bytes feature instead of a ``dim``-long float embedding.
     """
     schema = schema_pb2.Schema()
-    names = sorted([CODES if codes else EMBEDDING, ID] + ([TEXT] if with_text else []))
+    names = sorted([CODES if codes else EMBEDDING, ID] + [TEXT] * with_text + [METADATA] * metadata)
     for name in names:  # sorted by name, as tf.Transform writes them
         feature = schema.feature.add(name=name)
         feature.presence.min_fraction = 1.0
@@ -127,7 +130,8 @@ def encode_example(id_: str | bytes, vector: np.ndarray | bytes, text: str | byt
     return _field(0x0A, b"".join(_entry(name, feats[name]) for name in sorted(feats)))
 
 
-def encode_examples(ids: list[str], vectors: np.ndarray | list[bytes], texts: list[str] | None = None) -> list[bytes]:
+def encode_examples(ids: list[str], vectors: np.ndarray | list[bytes], texts: list[str] | None = None,
+                    metadata: list[str] | None = None) -> list[bytes]:
     """A batch of records, as ``encode_example`` writes each (``vectors``: float rows or per-record bytes).
 
     Float rows share one entry header (same length for every row), so a row
@@ -142,11 +146,12 @@ def encode_examples(ids: list[str], vectors: np.ndarray | list[bytes], texts: li
     else:
         vector_entries = [_entry(CODES, _bytes_feature(bytes(v))) if isinstance(v, (bytes, bytearray))
                           else _entry(EMBEDDING, _float_feature(v)) for v in vectors]
-    id_entries = [_entry(ID, _bytes_feature(_b(i))) for i in ids]
-    if texts is None:  # "embedding"/"codes" < "id": name order
-        return [_field(0x0A, v + i) for v, i in zip(vector_entries, id_entries)]
-    return [_field(0x0A, v + i + _entry(TEXT, _bytes_feature(_b(t))))
-            for v, i, t in zip(vector_entries, id_entries, texts)]
+    entries = [[v, _entry(ID, _bytes_feature(_b(i)))] for v, i in zip(vector_entries, ids)]
+    for column, values in ((METADATA, metadata), (TEXT, texts)):  # name order: codes/embedding < id < metadata < text
+        if values is not None:
+            for entry, value in zip(entries, values):
+                entry.append(_entry(column, _bytes_feature(_b(value))))
+    return [_field(0x0A, b"".join(entry)) for entry in entries]
 
 
 def decode_example(serialized: bytes) -> dict:
@@ -155,7 +160,8 @@ def decode_example(serialized: bytes) -> dict:
 
     f = tf.train.Example.FromString(serialized).features.feature
     out = {ID: f[ID].bytes_list.value[0].decode("utf-8"),
-           TEXT: f[TEXT].bytes_list.value[0].decode("utf-8") if TEXT in f else None}
+           TEXT: f[TEXT].bytes_list.value[0].decode("utf-8") if TEXT in f else None,
+           METADATA: f[METADATA].bytes_list.value[0].decode("utf-8") if METADATA in f else None}
     if CODES in f:
         out[CODES] = f[CODES].bytes_list.value[0]
     else:

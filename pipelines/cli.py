@@ -173,6 +173,8 @@ class CorpusFields:
     text_field: str | None = option(None, "column/field holding the sentence (CSV, TSV, JSONL, Parquet)")
     id_field: str | None = option(None, "optional column/field with a record id (string or integer); default: a "
                                         "hash of the normalized sentence")
+    metadata_field: tuple[str, ...] = option((), "column/field carried with each vector as metadata (repeatable; "
+                                                 "CSV, TSV, JSONL, Parquet): exports turn them into filters")
     encoder: str = option(DEFAULT_ENCODER, "'use-m3' (offline USE multilingual v3) or "
                                            "'tfhub:<handle or SavedModel path>'")
     embedding_dim: int = option(512, "dimension the encoder must return; other vectors are dead-lettered")
@@ -183,7 +185,8 @@ class CorpusFields:
     max_batch_size: int = option(1024, "largest encoder batch")
 
     def read_corpus(self, patterns) -> ReadCorpus:
-        return ReadCorpus(list(patterns), self.input_format, self.text_field, self.id_field, self.max_chars)
+        return ReadCorpus(list(patterns), self.input_format, self.text_field, self.id_field, self.max_chars,
+                          self.metadata_field)
 
     def encoder_handler(self, options: PipelineOptions) -> EncoderModelHandler:
         """The encoder's model handler, its threads sized for the processes sharing each machine."""

@@ -138,12 +138,14 @@ def run(config: EmbedConfig, options: PipelineOptions) -> dict:
         counts = check_counts(result, config, previous)
         workers = worker_processes(result)
         elapsed = time.monotonic() - start
-        records.write_schema(records.make_schema(config.embedding_dim), config.output)
+        records.write_schema(records.make_schema(config.embedding_dim, metadata=bool(config.metadata_field)),
+                             config.output)
         shards = out.written_shards()
         manifest = out.commit({
             **params, "worker_processes": workers, "counts": counts, "records": counts["embedded"],
             "dim": config.embedding_dim,
-            "has_text": True, "shards": shard_entries(config.output, shards),
+            "has_text": True, "has_metadata": bool(config.metadata_field),
+            "shards": shard_entries(config.output, shards),
             "seconds": round(elapsed, 2), "sentences_per_second": round(counts["embedded"] / max(elapsed, 1e-9), 1),
         })
     log.info("embedded %d sentences (%d duplicates, %d already embedded, %d dead-lettered) in %.1fs -> %s",

@@ -87,11 +87,12 @@ def read_columns(p: beam.Pipeline, config: ReduceConfig, source: EmbeddingDatase
 
 
 def build(p: beam.Pipeline, config: ReduceConfig, source: EmbeddingDataset | None, input_dim: int,
-          keep_text: bool, options: PipelineOptions, artifact_digest: str | None = None) -> None:
+          keep_text: bool, options: PipelineOptions, artifact_digest: str | None = None,
+          keep_metadata: bool = False) -> None:
     """read (shards or raw text) -> reduce in fixed-size calls -> TFRecord or Parquet, and dead letters."""
     columns, dead = read_columns(p, config, source, options)
     fn = ReduceBatch(config.reducer, config.dtype, input_dim, keep_text, config.format, config.batch_size,
-                     source.records if source else None, progress_share(options), artifact_digest)
+                     source.records if source else None, progress_share(options), artifact_digest, keep_metadata)
     reduced = columns | "Reduce" >> beam.ParDo(fn).with_outputs(DEAD, main="rows")
     input_shards = len(source.shards) if source is not None else 1
     _ = reduced.rows | "WriteDataset" >> WriteDataset(files.join(config.output, dataset.DATA_PREFIX),
@@ -148,24 +149,26 @@ def run(config: ReduceConfig, options: PipelineOptions) -> dict:
     """Reduce the input into ``config.output``; returns the manifest."""
     source, representation, params = open_inputs(config)
     keep_text = (source.has_text if source else True) and not config.drop_text
+    keep_metadata = keep_text and (source.has_metadata if source else bool(config.metadata_field))
     input_dim = source.dim if source else config.embedding_dim
     reads = _reads(config)
     out = OutputDir(config.output, "reduced", manifests.fingerprint(params), reads)
     with out.claim(config.overwrite):
         start = time.monotonic()
         p = create_pipeline(options)
-        build(p, config, source, input_dim, keep_text, options, params["artifact_digest"])
+        build(p, config, source, input_dim, keep_text, options, params["artifact_digest"], keep_metadata)
         result = run_and_wait(p)
         counts = check_counts(result, config, source)
         workers = worker_processes(result)
         elapsed = time.monotonic() - start
         if config.format == "tfrecord":
-            records.write_schema(records.make_schema(representation.dim, keep_text, representation.codes),
+            records.write_schema(records.make_schema(representation.dim, keep_text, representation.codes,
+                                                     keep_metadata),
                                  config.output)
         shards = out.written_shards()
         manifest = out.commit({
             **params, "worker_processes": workers, "dim": representation.dim, "input_dim": input_dim,
-            "has_text": keep_text,
+            "has_text": keep_text, "has_metadata": keep_metadata,
             "format": config.format, "codes": representation.codes,
             "representation": representation.summary(config.output),
             "bytes_per_vector": representation.bytes_per_vector,

@@ -16,7 +16,7 @@ from core.errors import ArtifactError, InputError
 from core.manifests import read as read_manifest
 from core.textnorm import normalize, text_id
 from pipelines import embed
-from tests.fixtures import read_records
+from tests.fixtures import read_all, read_records
 from tests.hub_models import save_text_encoder
 
 SENTENCES = ["Apple shares rose 3% on Monday.", "Oil prices fell after the OPEC meeting.",
@@ -208,3 +208,33 @@ def test_incremental_mode_embeds_only_new_ids(tmp_path, hub512):
         hub300 = save_text_encoder(str(tmp_path / "enc300"), 300)
         run_embed(tmp_path, [str(second)], "--previous", str(out1), "--embedding_dim", "300",
                   encoder=f"tfhub:{hub300}", name="bad")
+
+
+def test_metadata_fields_travel_with_their_vectors_through_reduce(tmp_path, hub512):
+    path = tmp_path / "news.jsonl"
+    rows = [{"text": s, "topic": ["energy", "banks", None][i % 3], "year": 2020 + i} for i, s in enumerate(SENTENCES)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    manifest, out = run_embed(tmp_path, [str(path)], "--text_field", "text", "--metadata_field", "topic",
+                              "--metadata-field", "year", encoder=f"tfhub:{hub512}")
+    assert manifest["has_metadata"] is True
+    data = read_all(str(out))
+    by_text = {t: json.loads(m) for t, m in zip(data["text"], data["metadata"])}
+    assert all(by_text[r["text"]] == {"topic": r["topic"], "year": r["year"]} for r in rows)
+    from core import reducers as reducer_lib
+    from pipelines import reduce
+
+    pca = tmp_path / "pca"
+    pca.mkdir()
+    head = reducer_lib.Head.pca(np.zeros(512), np.eye(512)[:, :8])
+    from core import manifests
+    manifests.write(str(pca), "pca", {"input_dim": 512, "output_dim": 8, "head": head.save(str(pca))},
+                    [reducer_lib.WEIGHTS])
+    for fmt in ("tfrecord", "parquet"):
+        reduced = reduce.main(["--input", str(out), "--reducer", str(pca), "--output", str(tmp_path / fmt),
+                               "--format", fmt])
+        assert reduced["has_metadata"] is True
+        again = read_all(str(tmp_path / fmt))
+        assert dict(zip(again["id"], again["metadata"])) == dict(zip(data["id"], data["metadata"]))
+    with pytest.raises(InputError, match="--metadata_field 'colour'"):
+        run_embed(tmp_path, [str(path)], "--text_field", "text", "--metadata_field", "colour",
+                  encoder=f"tfhub:{hub512}", name="x")

@@ -92,7 +92,8 @@ def _is_archive(name: str) -> bool:
     return name.lower().endswith(_ARCHIVES)
 
 
-def _format_for(name: str, input_format: str, text_field: str | None, id_field: str | None) -> str:
+def _format_for(name: str, input_format: str, text_field: str | None, id_field: str | None,
+                metadata_fields: tuple[str, ...] = ()) -> str:
     """The format to read ``name`` in: ``input_format`` or, when that is "auto", the one its name gives
     ("auto" for a tar archive: each member's own). InputError for flags that do not fit it."""
     if input_format == "auto" and _is_archive(name):
@@ -104,7 +105,8 @@ def _format_for(name: str, input_format: str, text_field: str | None, id_field: 
         raise InputError(f"{name}: Parquet files compress internally; decompress the file")
     if fmt != "text" and not text_field:
         raise InputError(f"{name}: format {fmt} needs --text_field (the column or field holding sentences)")
-    for flag, value in (("--text_field", text_field), ("--id_field", id_field)):
+    for flag, value in (("--text_field", text_field), ("--id_field", id_field),
+                        ("--metadata_field", metadata_fields)):
         if fmt == "text" and value:
             raise InputError(f"{flag} needs a CSV/TSV, JSON Lines or Parquet input; {name} is read as text")
     return fmt
@@ -404,11 +406,11 @@ def _sentence_of(text: str, max_chars: int) -> str:
 
 
 def _missing_columns(path: str, wanted: dict[str, str | None], found: list[str], where: str) -> None:
-    """InputError if a --text_field/--id_field names a column this file does not have at all
-    (a typo in a flag, not a bad record)."""
+    """InputError if a --text_field/--id_field/--metadata_field names a column this file does not have at all
+    (a typo in a flag, not a bad record). Keys are flags, possibly followed by a space and the field."""
     for flag, name in wanted.items():
         if name and name not in found:
-            raise InputError(f"{path}: {flag} {name!r} {where}: {found}")
+            raise InputError(f"{path}: {flag.split(' ')[0]} {name!r} {where}: {found}")
 
 
 def _doubled_columns(path: str, wanted: dict[str, str | None], columns: list[str]) -> None:
@@ -416,7 +418,7 @@ def _doubled_columns(path: str, wanted: dict[str, str | None], columns: list[str
     data would be a guess."""
     for flag, name in wanted.items():
         if name and columns.count(name) > 1:
-            raise InputError(f"{path}: {flag} {name!r} names {columns.count(name)} columns of its header "
+            raise InputError(f"{path}: {flag.split(' ')[0]} {name!r} names {columns.count(name)} columns of its header "
                              f"{columns}; rename all but one")
 
 
@@ -468,8 +470,10 @@ class _Counters:
 class ReadFile(beam.DoFn):
     """One whole file -> keyed sentences and dead letters (one output per record read)."""
 
-    def __init__(self, input_format: str, text_field: str | None, id_field: str | None, max_chars: int):
+    def __init__(self, input_format: str, text_field: str | None, id_field: str | None, max_chars: int,
+                 metadata_fields: tuple[str, ...] = ()):
         self.input_format, self.text_field, self.id_field = input_format, text_field, id_field
+        self.metadata_fields = tuple(metadata_fields)
         self.max_chars = max_chars
 
     def setup(self):
@@ -531,13 +535,14 @@ class ReadFile(beam.DoFn):
                 if not member.isfile():
                     continue
                 name = f"{archive}!/{member.name}"
-                fmt = _format_for(name, self.input_format, self.text_field, self.id_field)
+                fmt = _format_for(name, self.input_format, self.text_field, self.id_field, self.metadata_fields)
                 if fmt == "parquet":
                     raise InputError(f"{name}: a Parquet file needs random access; extract it from the archive")
                 yield from self._stream(tar.extractfile(member), name, fmt)
 
-    def _record(self, path: str, raw: bytes | str, text: object, id_: object = None):
-        """A keyed sentence, or the dead letter saying why there is none."""
+    def _record(self, path: str, raw: bytes | str, text: object, id_: object = None, row: dict | None = None):
+        """A keyed sentence ``(id, (sentence, source, metadata JSON or None))``, or the dead letter saying why
+        there is none."""
         user_id = None
         try:
             if self.id_field:
@@ -545,7 +550,15 @@ class ReadFile(beam.DoFn):
             sentence = _sentence_of(_text_of(text, self.text_field), self.max_chars)
         except _Invalid as bad:
             return self.counters.dead_letter(bad.reason, path, raw, id_=user_id, detail=bad.detail)
-        return (user_id if user_id is not None else text_id(sentence), (sentence, path))
+        return (user_id if user_id is not None else text_id(sentence), (sentence, path, self._metadata(row)))
+
+    def _metadata(self, row: dict | None) -> str | None:
+        """The chosen fields of a record as one JSON object (missing ones null), carried with its vector."""
+        if not self.metadata_fields:
+            return None
+        values = {f: dl.printable(row.get(f)) if isinstance(row.get(f), bytes) else row.get(f)
+                  for f in self.metadata_fields}
+        return json.dumps(values, sort_keys=True, ensure_ascii=False, default=str)
 
     def _too_long(self, path: str, line: _LongLine) -> beam.pvalue.TaggedOutput:
         return self.counters.dead_letter(dl.TOO_LONG, path, line.head, detail=line.detail)
@@ -567,9 +580,12 @@ class ReadFile(beam.DoFn):
             first_keys = list(obj) if first_keys is None else first_keys
             seen["--text_field"] |= self.text_field in obj
             seen["--id_field"] |= self.id_field in obj
-            yield self._record(path, line, obj.get(self.text_field), obj.get(self.id_field))
+            for field in self.metadata_fields:
+                seen[f"--metadata_field {field}"] = seen.get(f"--metadata_field {field}", False) or field in obj
+            yield self._record(path, line, obj.get(self.text_field), obj.get(self.id_field), obj)
         if first_keys is not None:
-            wanted = {"--text_field": self.text_field, "--id_field": self.id_field}
+            wanted = {"--text_field": self.text_field, "--id_field": self.id_field,
+                      **{f"--metadata_field {f}": f for f in self.metadata_fields}}
             _missing_columns(path, {f: wanted[f] for f, ok in seen.items() if not ok}, first_keys,
                              "is in none of its JSON objects; the first one's keys are")
 
@@ -584,7 +600,8 @@ class ReadFile(beam.DoFn):
         if header.fields is None:
             raise ValueError(f"malformed header: {header.problem}")
         columns = [dl.printable(name) for name in header.fields]
-        wanted = {"--text_field": self.text_field, "--id_field": self.id_field}
+        wanted = {"--text_field": self.text_field, "--id_field": self.id_field,
+                  **{f"--metadata_field {f}": f for f in self.metadata_fields}}
         _missing_columns(path, wanted, columns, "is not a column of its header; its columns are")
         _doubled_columns(path, wanted, columns)
         for record in records:
@@ -592,22 +609,23 @@ class ReadFile(beam.DoFn):
                 yield self.counters.dead_letter(record.reason, path, record.raw, detail=record.problem)
                 continue
             row = dict(zip(columns, record.fields))
-            yield self._record(path, record.raw, row.get(self.text_field), row.get(self.id_field))
+            yield self._record(path, record.raw, row.get(self.text_field), row.get(self.id_field), row)
 
     def _parquet(self, f: BinaryIO, path: str):
         """Parquet rows; string columns are read as bytes so one invalid value loses only its row."""
         import pyarrow.parquet as pq
 
         pfile = pq.ParquetFile(f)
-        _missing_columns(path, {"--text_field": self.text_field, "--id_field": self.id_field},
+        _missing_columns(path, {"--text_field": self.text_field, "--id_field": self.id_field,
+                                **{f"--metadata_field {f}": f for f in self.metadata_fields}},
                          pfile.schema_arrow.names, "is not a column of its schema; its columns are")
-        columns = [c for c in (self.text_field, self.id_field) if c]
+        columns = list(dict.fromkeys(c for c in (self.text_field, self.id_field, *self.metadata_fields) if c))
         for group in range(pfile.num_row_groups):  # a damaged row group loses no rows of earlier ones
             for batch in pfile.iter_batches(columns=columns, batch_size=4096, row_groups=[group]):
                 values = [_unvalidated(batch.column(c)).to_pylist() for c in columns]
                 for row in zip(*values):
                     row = dict(zip(columns, row))
-                    yield self._record(path, _json_raw(row), row[self.text_field], row.get(self.id_field))
+                    yield self._record(path, _json_raw(row), row[self.text_field], row.get(self.id_field), row)
 
 
 def _unvalidated(column: pa.Array) -> pa.Array:
@@ -622,18 +640,21 @@ def _unvalidated(column: pa.Array) -> pa.Array:
 
 
 class ReadCorpus(beam.PTransform):
-    """File patterns -> ``{'records': (id, (sentence, source)), 'dead': json line}``.
+    """File patterns -> ``{'records': (id, (sentence, source, metadata)), 'dead': json line}``.
+
+    ``metadata_fields`` (CSV/TSV, JSON Lines, Parquet) are carried with each sentence as one JSON object.
 
     Local patterns are expanded here, when the pipeline is built (failing on what cannot be read);
     URL patterns when it runs, so that building needs no access to remote storage.
     """
 
     def __init__(self, patterns: list[str], fmt: str = "auto", text_field: str | None = None,
-                 id_field: str | None = None, max_chars: int = 10_000):
+                 id_field: str | None = None, max_chars: int = 10_000, metadata_fields: tuple[str, ...] = ()):
         super().__init__()
         self.patterns, self.fmt = list(patterns), fmt
         self.text_field, self.id_field, self.max_chars = text_field, id_field, max_chars
-        formats = [_format_for(pattern, fmt, text_field, id_field) for pattern in self.patterns]
+        self.metadata_fields = tuple(metadata_fields)
+        formats = [_format_for(pattern, fmt, text_field, id_field, self.metadata_fields) for pattern in self.patterns]
         self.inputs = _inputs(self.patterns, formats)
 
     def expand(self, pbegin):
@@ -641,7 +662,8 @@ class ReadCorpus(beam.PTransform):
                   | "Inputs" >> beam.Create(self.inputs)
                   | "Match" >> beam.FlatMap(_files)
                   | "Spread" >> beam.Reshuffle()
-                  | "Parse" >> beam.ParDo(ReadFile(self.fmt, self.text_field, self.id_field, self.max_chars))
+                  | "Parse" >> beam.ParDo(ReadFile(self.fmt, self.text_field, self.id_field, self.max_chars,
+                                                 self.metadata_fields))
                   .with_outputs(DEAD, main="records"))
         return {"records": parsed.records, DEAD: parsed[DEAD]}
 

@@ -39,7 +39,8 @@ ROW_GROUP_ROWS = 65_536  # Parquet rows per row group: large enough for fast sca
 
 @dataclass
 class Columns:
-    """A batch of records as columns: ids, texts (or None) and a ``[n, dim]`` float32 matrix (uint8 codes).
+    """A batch of records as columns: ids, texts (or None), a ``[n, dim]`` float32 matrix (uint8 codes) and the
+    records' metadata (JSON objects, or None).
 
     ``order`` is the batch's place in the input (shard, batch number): outputs are written in that order.
     """
@@ -47,22 +48,24 @@ class Columns:
     texts: list[str] | None
     vectors: np.ndarray
     order: tuple[int, int] = (0, 0)
+    metadata: list[str] | None = None
 
     def take(self, keep: np.ndarray) -> Columns:
         """The rows at ``keep`` (indices), in the same place of the input."""
-        return Columns([self.ids[i] for i in keep], None if self.texts is None else [self.texts[i] for i in keep],
-                       self.vectors[keep], self.order)
+        pick = lambda values: None if values is None else [values[i] for i in keep]  # noqa: E731
+        return Columns(pick(self.ids), pick(self.texts), self.vectors[keep], self.order, pick(self.metadata))
 
 
 def _columns(batch) -> Columns:
     """A batch of freshly embedded rows; ordered by its smallest id (embedding batches follow the runner)."""
-    ids, texts, vectors = zip(*batch)
+    ids, texts, vectors, metadata = zip(*batch)
     first = int(hashlib.sha256(min(ids).encode("utf-8")).hexdigest()[:12], 16)
-    return Columns(list(ids), list(texts), np.stack(vectors).astype(np.float32), (0, first))
+    return Columns(list(ids), list(texts), np.stack(vectors).astype(np.float32), (0, first),
+                   None if metadata[0] is None else list(metadata))
 
 
 class BatchVectors(beam.PTransform):
-    """``(id, text, vector)`` tuples (just embedded) -> Columns batches."""
+    """``(id, text, vector, metadata)`` tuples (just embedded) -> Columns batches."""
 
     def __init__(self, batch_size: int):
         super().__init__()
@@ -76,7 +79,7 @@ class BatchVectors(beam.PTransform):
 
 def to_records(columns: Columns) -> tuple[tuple[int, int], list[bytes]]:
     """``(order, serialized records)`` of a batch of float vectors, for ``WriteDataset``."""
-    return columns.order, records.encode_examples(columns.ids, columns.vectors, columns.texts)
+    return columns.order, records.encode_examples(columns.ids, columns.vectors, columns.texts, columns.metadata)
 
 
 def read_tfrecords(path: str):
@@ -112,6 +115,7 @@ class _Layout:
     codes: bool
     parquet: bool
     with_text: bool
+    metadata: bool = False
 
 
 class _ReadShard(beam.DoFn):
@@ -136,7 +140,7 @@ class _ReadShard(beam.DoFn):
             yield from _batches(read_tfrecords(path), self.batch_size)
             return
         names = [records.ID, records.CODES if layout.codes else records.EMBEDDING] + \
-            ([records.TEXT] if layout.with_text else [])
+            [records.TEXT] * layout.with_text + [records.METADATA] * layout.metadata
         with files.open_read(path) as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=self.batch_size, columns=names):
                 yield pa.Table.from_batches([batch])
@@ -159,7 +163,8 @@ class _Parse(beam.DoFn):
         import tensorflow as tf
 
         try:  # fast path: the whole batch in one C++ call
-            parsed = tf.io.parse_example(raw, records.feature_spec(layout.dim, layout.with_text, layout.codes))
+            parsed = tf.io.parse_example(raw, records.feature_spec(layout.dim, layout.with_text, layout.codes,
+                                                                   layout.metadata))
             yield from self._checked(_from_parsed(parsed, layout, order), raw)
         except (tf.errors.InvalidArgumentError, UnicodeDecodeError, ValueError):
             yield from self._one_by_one(raw, layout, order)
@@ -201,21 +206,27 @@ def _problem(row: dict, layout: _Layout) -> tuple[str, str] | None:
         return dl.WRONG_DIMENSION, f"expected a {layout.dim}-d embedding"
     if layout.with_text and row[records.TEXT] is None:
         return dl.MISSING_FIELD, "no 'text'"
+    if layout.metadata and row[records.METADATA] is None:
+        return dl.MISSING_FIELD, "no 'metadata'"
     return None
 
 
 def _from_parsed(parsed: dict, layout: _Layout, order: tuple[int, int]) -> Columns:
-    ids = [b.decode("utf-8") for b in parsed[records.ID].numpy()]
-    texts = [b.decode("utf-8") for b in parsed[records.TEXT].numpy()] if layout.with_text else None
+    strings = lambda name: [b.decode("utf-8") for b in parsed[name].numpy()]  # noqa: E731
+    texts = strings(records.TEXT) if layout.with_text else None
+    metadata = strings(records.METADATA) if layout.metadata else None
     if layout.codes:
         raw = parsed[records.CODES].numpy()
-        return Columns(ids, texts, np.frombuffer(b"".join(raw), np.uint8).reshape(len(raw), -1), order)
-    return Columns(ids, texts, parsed[records.EMBEDDING].numpy(), order)
+        vectors = np.frombuffer(b"".join(raw), np.uint8).reshape(len(raw), -1)
+    else:
+        vectors = parsed[records.EMBEDDING].numpy()
+    return Columns(strings(records.ID), texts, vectors, order, metadata)
 
 
 def _from_table(table: pa.Table, layout: _Layout, order: tuple[int, int]) -> Columns:
     ids = table.column(records.ID).to_pylist()
     texts = table.column(records.TEXT).to_pylist() if layout.with_text else None
+    metadata = table.column(records.METADATA).to_pylist() if layout.metadata else None
     values = table.column(records.CODES if layout.codes else records.EMBEDDING).combine_chunks()
     if layout.codes:
         width = values.type.byte_width
@@ -223,7 +234,7 @@ def _from_table(table: pa.Table, layout: _Layout, order: tuple[int, int]) -> Col
                                 offset=values.offset * width).reshape(len(values), width)
     else:
         vectors = values.flatten().to_numpy(zero_copy_only=False).reshape(len(values), -1).astype(np.float32)
-    return Columns(ids, texts, vectors, order)
+    return Columns(ids, texts, vectors, order, metadata)
 
 
 class ReadDataset(beam.PTransform):
@@ -235,8 +246,8 @@ class ReadDataset(beam.PTransform):
     def __init__(self, datasets: list[EmbeddingDataset], namespace: str, batch_size: int = 1024,
                  with_text: bool = False, finite: bool = True):
         super().__init__()
-        self.shards = [(path, _Layout(d.dim, d.codes, d.parquet, with_text and d.has_text))
-                       for d in datasets for path in d.shards]
+        self.shards = [(path, _Layout(d.dim, d.codes, d.parquet, with_text and d.has_text,
+                                      with_text and d.has_metadata)) for d in datasets for path in d.shards]
         self.namespace, self.batch_size, self.finite = namespace, batch_size, finite
 
     def expand(self, pbegin):

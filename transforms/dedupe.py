@@ -22,23 +22,23 @@ class _Resolve(beam.DoFn):
     def process(self, element):
         id_, values = element
         new = [v for v in values if v[1] != PREVIOUS]
-        earlier = [sentence for sentence, source in values if source == PREVIOUS]
-        kept = earlier[0] if earlier else min(sentence for sentence, _ in new)
-        for sentence, source in new:
+        earlier = [sentence for sentence, source, _ in values if source == PREVIOUS]
+        kept = earlier[0] if earlier else min(sentence for sentence, _, _ in new)
+        for sentence, source, _ in new:
             if sentence != kept:
                 detail = ("id already embedded by a previous run for another sentence" if earlier
                           else "id already used by another sentence")
                 yield self.dead.output(dl.CONFLICTING_ID, source, sentence, id_=id_, detail=detail)
-        same = sum(1 for sentence, _ in new if sentence == kept)
+        same = [metadata or "" for sentence, _, metadata in new if sentence == kept]
         if earlier:
-            self.already.inc(same)
+            self.already.inc(len(same))
         elif same:
-            self.duplicate.inc(same - 1)
-            yield id_, kept
+            self.duplicate.inc(len(same) - 1)
+            yield (id_, min(same) or None), kept  # the metadata travels in the key, as RunInference keeps keys
 
 
 class Deduplicate(beam.PTransform):
-    """``(id, (sentence, source))`` -> one ``(id, sentence)`` per id still to embed.
+    """``(id, (sentence, source, metadata))`` -> one ``((id, metadata), sentence)`` per id still to embed.
 
     Records repeating an id with the same sentence are counted as duplicates.
     Records reusing an id for a different sentence (only possible with
@@ -62,7 +62,7 @@ class Deduplicate(beam.PTransform):
 
 def _previous_records(columns: Columns):
     for id_, text in zip(columns.ids, columns.texts):
-        yield id_, (text, PREVIOUS)
+        yield id_, (text, PREVIOUS, None)
 
 
 class ReadPrevious(beam.PTransform):

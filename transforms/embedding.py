@@ -109,7 +109,7 @@ class _CheckVector(beam.DoFn):
         self.dead = DeadLetterCounter(NAMESPACE)
 
     def process(self, element):
-        id_, result = element
+        (id_, metadata), result = element
         text, vector = result.example, result.inference
         if isinstance(vector, str):
             yield self.dead.output(dl.ENCODER_ERROR, "encoder", text, id_=id_, detail=vector)
@@ -120,11 +120,11 @@ class _CheckVector(beam.DoFn):
             yield self.dead.output(dl.NON_FINITE, "encoder", text, id_=id_, detail="NaN or Inf in the vector")
         else:
             self.embedded.inc()
-            yield id_, text, vector
+            yield id_, text, vector, metadata
 
 
 class EmbedSentences(beam.PTransform):
-    """``(id, sentence)`` -> ``{'vectors': (id, sentence, float32 vector), 'dead': json line}``.
+    """``((id, metadata), sentence)`` -> ``{'vectors': (id, sentence, vector, metadata), 'dead': json line}``.
 
     ``share``: local worker processes splitting the work (for the ETA), None when unknown.
     """
@@ -143,7 +143,7 @@ class EmbedSentences(beam.PTransform):
 
 
 class EmbedCorpus(beam.PTransform):
-    """Corpus files -> ``{'vectors': (id, sentence, vector), 'dead': json lines}``: read, dedupe, embed.
+    """Corpus files -> ``{'vectors': (id, sentence, vector, metadata), 'dead': json lines}``: read, dedupe, embed.
 
     ``previous`` (a PCollection of ids and sentences embedded by earlier runs)
     turns on incremental mode (see ``Deduplicate``).

@@ -25,11 +25,14 @@ NON_FINITE_OUTPUT = "non_finite_output"
 DTYPES = ("float32", "float16")
 
 
-def parquet_schema(representation: codecs.Representation, with_text: bool) -> pa.Schema:
-    """``id``, optional ``text``, then ``embedding`` (fixed-size float list) or ``codes`` (fixed-size binary)."""
+def parquet_schema(representation: codecs.Representation, with_text: bool, with_metadata: bool = False) -> pa.Schema:
+    """``id``, optional ``text`` and ``metadata`` (a JSON object), then ``embedding`` (fixed-size float list)
+    or ``codes`` (fixed-size binary)."""
     fields = [pa.field(records.ID, pa.string(), nullable=False)]
     if with_text:
         fields.append(pa.field(records.TEXT, pa.string()))
+    if with_metadata:
+        fields.append(pa.field(records.METADATA, pa.string()))
     if representation.codes:
         fields.append(pa.field(records.CODES, pa.binary(representation.bytes_per_vector), nullable=False))
     else:
@@ -53,9 +56,11 @@ class ReduceBatch(beam.DoFn):
     """
 
     def __init__(self, spec: str, precision: str, input_dim: int, keep_text: bool, out_format: str, batch_size: int,
-                 total: int | None = None, share: int | None = 1, digest: str | None = None):
+                 total: int | None = None, share: int | None = 1, digest: str | None = None,
+                 keep_metadata: bool = False):
         self.spec, self.precision, self.input_dim = spec, precision, input_dim
         self.keep_text, self.out_format, self.batch_size = keep_text, out_format, batch_size
+        self.keep_metadata = keep_metadata
         self.total, self.share, self.digest = total, share, digest
 
     def setup(self):
@@ -64,7 +69,7 @@ class ReduceBatch(beam.DoFn):
         if self.digest is not None and (source[1] if source else "identity") != self.digest:
             raise ArtifactError(f"{self.spec} changed while the job ran (its digest is not the one the job "
                                 "started with); run the job again")
-        self.schema = parquet_schema(self.rep, self.keep_text)
+        self.schema = parquet_schema(self.rep, self.keep_text, self.keep_metadata)
         self.written = Metrics.counter(NAMESPACE, "written")
         self.clipped = Metrics.counter(NAMESPACE, "clipped_values")
         self.dead = DeadLetterCounter(NAMESPACE)
@@ -104,17 +109,20 @@ class ReduceBatch(beam.DoFn):
             return
         ids = [columns.ids[i] for i in keep]
         texts = [columns.texts[i] for i in keep] if self.keep_text else None
+        metadata = [columns.metadata[i] for i in keep] if self.keep_metadata else None
         self.written.inc(len(ids))
         self.progress.add(len(ids))
-        yield columns.order, self._rows(ids, texts, stored)
+        yield columns.order, self._rows(ids, texts, stored, metadata)
 
-    def _rows(self, ids: list[str], texts: list[str] | None, stored: np.ndarray):
+    def _rows(self, ids: list[str], texts: list[str] | None, stored: np.ndarray, metadata: list[str] | None):
         if self.out_format == "tfrecord":
             vectors = [row.tobytes() for row in stored] if self.rep.codes else stored
-            return records.encode_examples(ids, vectors, texts)
+            return records.encode_examples(ids, vectors, texts, metadata)
         columns = {records.ID: ids}
         if texts is not None:
             columns[records.TEXT] = texts
+        if metadata is not None:
+            columns[records.METADATA] = metadata
         if self.rep.codes:
             columns[records.CODES] = pa.array([row.tobytes() for row in stored], self.schema.field(records.CODES).type)
         else:
