@@ -38,16 +38,21 @@ _KINDS = {
                     r"deadletter/non_finite\.jsonl"),
     "codec": (WEIGHTS, r"index\.faiss", HEAD, DEADLETTERS),
     "report": (r"report\.json", r"report\.md", r"(?:frontier|sts_scatter)\.png"),
+    "export": (r"(?:vertex|bigquery|vectors)/data-\d{5}-of-\d{5}\.(?:json|avro|parquet)",
+               r"vertex/delete/deleted-\d{5}-of-\d{5}\.txt", r"ids/ids-\d{5}-of-\d{5}\.txt",
+               r"bigquery/(?:schema\.json|load_command\.txt)", r"lancedb/[A-Za-z_][A-Za-z0-9_]*\.lance/.+",
+               DEADLETTERS),
 }
 # Temporary files of our own atomic writes (".<8 hex>.<name>.tmp"), Beam's sinks
 # ("beam-temp-<prefix>-<32 hex>/...") and reduce's shard parts.
 _TEMPORARY = (r"(?:.+/)?\.[0-9a-f]{8}\.[^/]+\.tmp", r"(?:.+/)?beam-temp-[^/]+-[0-9a-f]{32}/[^/]+",
-              r"data-part-\d{5}-\d{15}\.tmp", SHARDS + r"\.tmp")
+              r"(?:[a-z]+/)?data-part-\d{5}-\d{15}\.tmp", r"(?:[a-z]+/)?data-\d{5}-of-\d{5}\.[a-z]+\.tmp")
 # One name of each kind's files, to test whether an input glob would match what a job writes.
 EXAMPLES = ("data-00000-of-00001.tfrecord", "data-00000-of-00001.parquet", "schema.pbtxt",
             "deadletter/deadletter-00000-of-00001.jsonl", "reducer.npz", "codec.npz", "index.faiss",
             "head/saved_model.pb", "transform_fn/saved_model.pb", "model.keras", "train/history.csv",
-            "report.json", "report.md", "frontier.png", "run_manifest.json", *INTERNAL)
+            "report.json", "report.md", "frontier.png", "run_manifest.json", "vertex/data-00000-of-00001.json",
+            "ids/ids-00000-of-00001.txt", "bigquery/schema.json", *INTERNAL)
 
 KINDS = tuple(_KINDS)
 _COMPILED = {kind: re.compile("|".join(f"(?:{p})" for p in patterns)) for kind, patterns in _KINDS.items()}

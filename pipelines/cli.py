@@ -41,6 +41,7 @@ COMMANDS = {
     "reduce": ("pipelines.reduce", "rewrite an embedding dataset in a smaller representation"),
     "evaluate": ("pipelines.evaluate", "score every representation (quality per stored byte) and write a report"),
     "search": ("pipelines.search", "find the nearest sentences to a query in a reduced corpus"),
+    "export": ("pipelines.export", "write a stored corpus for a vector store (Vertex AI, BigQuery, LanceDB, pgvector)"),
     "run": ("pipelines.run", "the whole flow: embed -> fit-pca + train -> fit-codec -> evaluate -> reduce"),
     "demo": ("pipelines.demo", "`run` on the built-in sample corpus (make demo)"),
     "sample-corpus": ("pipelines.sample_corpus", "write the built-in synthetic financial-news corpus"),

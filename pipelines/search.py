@@ -19,17 +19,20 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from core import codecs, files, reducers, search
+from core.config import option
 from core.dataset import KINDS, EmbeddingDataset, iter_batches
 from core.encoders import load_encoder
 from core.errors import InputError
 from core.machine import worker_threads
 from core.textnorm import normalize
+from pipelines.cli import job_parser, parse_config
 
 log = logging.getLogger(__name__)
 
@@ -93,35 +96,78 @@ def find(corpus: Corpus, raw_queries: np.ndarray, k: int, rescore: Corpus | None
     return np.where(fine_rows >= 0, back[np.maximum(fine_rows, 0)], -1), fine_scores
 
 
+@dataclass(frozen=True)
+class SearchConfig:
+    corpus: str = option(help="a reduce (or embed) output directory")
+    query: tuple[str, ...] = option((), "query text (repeatable)")
+    queries_file: str | None = option(None, "file of queries: one text per line, or JSON Lines objects with "
+                                            "'text' (and optional 'id')")
+    query_vectors: str | None = option(None, ".npy file of raw float32 query vectors [n, input dim]")
+    k: int = option(5, "results per query")
+    rescore: str | None = option(None, "a second stored representation of the same corpus to re-rank with")
+    candidates: int = option(100, "with --rescore: first-stage candidates per query")
+    format: str = option("table", "output: a table for people, or JSON / JSON Lines for programs (docs/search.md)",
+                         choices=["table", "json", "jsonl"])
+    encoder_threads: int = option(0, "0: all cores of this machine")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(allow_abbrev=False, prog="shrink search", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus", required=True, help="a reduce (or embed) output directory")
-    p.add_argument("--query", action="append", default=[], help="query text (repeatable)")
-    p.add_argument("--query_vectors", help=".npy file of raw float32 query vectors [n, 512]")
-    p.add_argument("--k", type=int, default=5, help="results per query")
-    p.add_argument("--rescore", help="a second stored representation of the same corpus to re-rank with")
-    p.add_argument("--candidates", type=int, default=100, help="with --rescore: first-stage candidates per query")
-    p.add_argument("--encoder_threads", type=int, default=0, help="0: all cores of this machine")
-    return p
+    return job_parser("shrink search", __doc__, SearchConfig)
 
 
-def raw_queries(args: argparse.Namespace, corpus: Corpus) -> tuple[list[str], np.ndarray]:
-    """(labels, raw vectors) of the queries: texts embedded with the corpus's encoder, or a .npy file."""
-    if bool(args.query) == bool(args.query_vectors):
-        raise InputError("give --query texts or --query_vectors, one of the two")
-    if args.query_vectors:
-        with files.open_read(args.query_vectors) as f:
-            vectors = np.load(f, allow_pickle=False)
-        if vectors.ndim != 2 or vectors.shape[1] != corpus.dataset.manifest.get("input_dim", corpus.dataset.dim):
-            raise InputError(f"{args.query_vectors}: expected [n, {corpus.dataset.manifest.get('input_dim')}] "
-                             f"vectors, got {vectors.shape}")
-        return [f"vector {i}" for i in range(len(vectors))], _checked(vectors.astype(np.float32), args.query_vectors)
-    empty = [i for i, q in enumerate(args.query) if not normalize(q)]
+@dataclass
+class Queries:
+    """What is searched for: an id and a label per query, and the raw vectors."""
+    ids: list[str]
+    labels: list[str]
+    vectors: np.ndarray
+
+
+def read_queries(config: SearchConfig, corpus: Corpus) -> Queries:
+    """Texts (flags or a file) embedded with the corpus's encoder after embed's normalization, or a .npy file."""
+    if sum(map(bool, (config.query, config.queries_file, config.query_vectors))) != 1:
+        raise InputError("give --query texts, a --queries_file or --query_vectors, one of the three")
+    if config.query_vectors:
+        vectors = _npy(config.query_vectors, int(corpus.dataset.manifest.get("input_dim", corpus.dataset.dim)))
+        names = [str(i) for i in range(len(vectors))]
+        return Queries(names, [f"vector {i}" for i in names], vectors)
+    ids, texts = _texts(config)
+    empty = [i for i, q in enumerate(texts) if not normalize(q)]
     if empty:
-        raise InputError(f"query {empty[0] + 1} is empty (nothing but spaces or invisible characters)")
-    encoder = load_encoder(corpus.dataset.encoder, args.encoder_threads or worker_threads(1))
-    return args.query, _checked(encoder.encode([normalize(q) for q in args.query]), "the encoder")
+        raise InputError(f"query {ids[empty[0]]} is empty (nothing but spaces or invisible characters)")
+    encoder = load_encoder(corpus.dataset.encoder, config.encoder_threads or worker_threads(1))
+    return Queries(ids, texts, _checked(encoder.encode([normalize(q) for q in texts]), "the encoder"))
+
+
+def _texts(config: SearchConfig) -> tuple[list[str], list[str]]:
+    """(ids, texts) of the text queries: numbered from 1 unless a JSON Lines file gives ids."""
+    if not config.queries_file:
+        return [str(i) for i in range(1, len(config.query) + 1)], list(config.query)
+    lines = [line for line in files.read_text(config.queries_file).splitlines() if line.strip()]
+    if not lines or not lines[0].lstrip().startswith("{"):
+        return [str(i) for i in range(1, len(lines) + 1)], lines
+    ids, texts = [], []
+    for n, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise InputError(f"{config.queries_file} line {n} is not a JSON object") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise InputError(f"{config.queries_file} line {n} has no 'text' string")
+        ids.append(str(row.get("id", n)))
+        texts.append(row["text"])
+    return ids, texts
+
+
+def _npy(path: str, dim: int) -> np.ndarray:
+    with files.open_read(path) as f:
+        try:
+            vectors = np.load(f, allow_pickle=False)
+        except ValueError as e:
+            raise InputError(f"{path} is not a .npy array file: {e}") from None
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise InputError(f"{path}: expected [n, {dim}] vectors, got {vectors.shape}")
+    return _checked(vectors.astype(np.float32), path)
 
 
 def _checked(vectors: np.ndarray, source: str) -> np.ndarray:
@@ -134,35 +180,51 @@ def _checked(vectors: np.ndarray, source: str) -> np.ndarray:
     return vectors
 
 
-def print_results(labels: list[str], corpus: Corpus, rows: np.ndarray, scores: np.ndarray,
-                  texts: list[str] | None) -> None:
-    for label, row, score in zip(labels, rows, scores):
-        print(f"\nquery: {label}")
-        for rank, (r, s) in enumerate(zip(row, score), 1):
-            if r < 0:
-                continue
-            text = texts[r] if texts else "(text not stored)"
-            print(f"{rank:3d}. {s:8.4f}  {corpus.ids[r][:16]:<16}  {text}")
+def results(queries: Queries, corpus: Corpus, rows: np.ndarray, scores: np.ndarray,
+            texts: list[str] | None) -> list[dict]:
+    """One entry per query: its id and text, and its hits (rank, full id, score and, where stored, text)."""
+    out = []
+    for query_id, label, row, score in zip(queries.ids, queries.labels, rows, scores):
+        hits = [{"rank": rank, "id": corpus.ids[r], "score": round(float(s), 6),
+                 **({"text": texts[r]} if texts else {})}
+                for rank, (r, s) in enumerate(zip(row, score), 1) if r >= 0]
+        out.append({"query_id": query_id, "query": label, "hits": hits})
+    return out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = make_parser().parse_args(argv)
-    if args.k < 1 or args.candidates < 1:
+def show(entries: list[dict], fmt: str, header: dict) -> None:
+    if fmt == "json":
+        print(json.dumps({**header, "results": entries}, ensure_ascii=False, indent=2))
+    elif fmt == "jsonl":
+        print("\n".join(json.dumps(entry, ensure_ascii=False) for entry in entries))
+    else:
+        print(f"{header['vectors']:,} vectors stored as {header['representation']} ({header['bytes_per_vector']} "
+              f"bytes each)" + (f", re-ranked with {header['rescored_with']}" if header.get("rescored_with") else ""))
+        for entry in entries:
+            print(f"\nquery {entry['query_id']}: {entry['query']}")
+            for hit in entry["hits"]:
+                print(f"{hit['rank']:3d}. {hit['score']:8.4f}  {hit['id']}  {hit.get('text', '(text not stored)')}")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    config = parse_config(make_parser(), SearchConfig, argv, beam=False)[0]
+    if config.k < 1 or config.candidates < 1:
         raise InputError("--k and --candidates must be positive")
-    corpus = Corpus.load(args.corpus)
-    rescore = Corpus.load(args.rescore) if args.rescore else None
+    corpus = Corpus.load(config.corpus)
+    rescore = Corpus.load(config.rescore) if config.rescore else None
     if rescore is not None and set(rescore.ids) != set(corpus.ids):
-        raise InputError(f"--rescore {args.rescore} does not hold the same ids as {args.corpus}")
-    labels, raw = raw_queries(args, corpus)
-    rows, scores = find(corpus, raw, args.k, rescore, args.candidates)
+        raise InputError(f"--rescore {config.rescore} does not hold the same ids as {config.corpus}")
+    queries = read_queries(config, corpus)
+    rows, scores = find(corpus, queries.vectors, config.k, rescore, config.candidates)
     texts = corpus.texts
     if texts is None and rescore is not None and rescore.texts is not None:  # ids and vectors only: borrow texts
         texts = [rescore.texts[rescore.position[i]] for i in corpus.ids]
-    print(f"{len(corpus.ids):,} vectors stored as {corpus.representation.name} "
-          f"({corpus.representation.bytes_per_vector} bytes each)" + (f", re-ranked with {rescore.representation.name}"
-                                                                       if rescore else ""))
-    print_results(labels, corpus, rows, scores, texts)
-    return {"ids": [[corpus.ids[r] for r in row if r >= 0] for row in rows], "scores": scores.tolist()}
+    entries = results(queries, corpus, rows, scores, texts)
+    show(entries, config.format, {"corpus": config.corpus, "representation": corpus.representation.name,
+                                  "bytes_per_vector": corpus.representation.bytes_per_vector,
+                                  "vectors": len(corpus.ids), "k": config.k,
+                                  "rescored_with": rescore.representation.name if rescore else None})
+    return entries
 
 
 if __name__ == "__main__":

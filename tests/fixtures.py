@@ -1,6 +1,7 @@
 """Tiny datasets and reducer artifacts written directly, and readers for test assertions."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -20,30 +21,35 @@ def correlated_vectors(rows: int, dim: int, seed: int = 0, rank: int = 16) -> np
 
 def write_embedding_dataset(directory: str | Path, vectors: np.ndarray, *, num_shards: int = 2,
                             with_text: bool = True, extra_records: list[bytes] = (),
-                            dim: int | None = None, kind: str = "embeddings") -> list[dict]:
+                            dim: int | None = None, kind: str = "embeddings",
+                            metadata: list[dict] | None = None) -> list[dict]:
     """Write ``vectors`` as an embedding dataset; ``extra_records`` (raw bytes) go into the last shard.
 
-    Returns the records written (id, text, embedding) in order.
+    Returns the records written (id, text, embedding, metadata JSON) in order.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     dim = dim or vectors.shape[1]
-    rows = [{"id": f"id-{i:05d}", "text": f"sentence number {i}" if with_text else None, "embedding": v}
+    rows = [{"id": f"id-{i:05d}", "text": f"sentence number {i}" if with_text else None, "embedding": v,
+             "metadata": None if metadata is None else json.dumps(metadata[i], sort_keys=True)}
             for i, v in enumerate(vectors)]
     shards = []
     for s in range(num_shards):
         path = directory / f"data-{s:05d}-of-{num_shards:05d}.tfrecord"
         with tf.io.TFRecordWriter(str(path)) as writer:
             for row in rows[s::num_shards]:
-                writer.write(records.encode_example(row["id"], row["embedding"], row["text"]))
+                writer.write(records.encode_examples([row["id"]], row["embedding"][None, :],
+                                                     None if row["text"] is None else [row["text"]],
+                                                     None if row["metadata"] is None else [row["metadata"]])[0])
             if s == num_shards - 1:
                 for raw in extra_records:
                     writer.write(raw)
         shards.append(str(path))
-    records.write_schema(records.make_schema(dim, with_text), str(directory))
+    records.write_schema(records.make_schema(dim, with_text, metadata=metadata is not None), str(directory))
     written = [Path(p).name for p in shards] + [records.SCHEMA_FILE]
     manifests.write(str(directory), kind, {
         "dim": dim, "encoder": "fixture", "records": len(rows) + len(extra_records), "has_text": with_text,
+        "has_metadata": metadata is not None,
         "shards": shard_entries(str(directory), shards),
         "fingerprint": manifests.fingerprint({"fixture": str(directory)})}, written)
     return rows

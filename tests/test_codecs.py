@@ -1,6 +1,7 @@
 """Codec artifacts end to end: fit-codec (tf.Transform ranges, faiss PQ), reduce with them, search them."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -148,7 +149,30 @@ def test_two_stage_search_and_the_command_line(work, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert "stored as pq-8 (8 bytes each), re-ranked with raw-64/int8" in lines[0]
-    tops = [lines[i + 1] for i, line in enumerate(lines) if line.startswith("query: ")]
+    tops = [lines[i + 1] for i, line in enumerate(lines) if line.startswith("query ")]
     ids = _vectors(work)[0]
-    assert [t.split()[2] for t in tops] == [ids[11][:16], ids[12][:16]]
+    assert [t.split()[2] for t in tops] == [ids[11], ids[12]]  # full ids
     assert all("sentence number" in t for t in tops)
+
+
+def test_search_output_for_programs_and_queries_from_a_file(work, tmp_path, capsys):
+    np.save(tmp_path / "q.npy", _vectors(work)[1][[11, 12]])
+    corpus = work / "red-raw8-tfrecord"
+    if not corpus.exists():
+        reduce.main(["--input", str(work / "emb"), "--reducer", str(work / "raw8"), "--output", str(corpus)])
+    args = ["--corpus", str(corpus), "--query_vectors", str(tmp_path / "q.npy"), "--k", "3"]
+    capsys.readouterr()
+    entries = search.main([*args, "--format", "jsonl"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines == entries and [e["query_id"] for e in lines] == ["0", "1"]
+    hit = lines[0]["hits"][0]
+    assert set(hit) == {"rank", "id", "score", "text"} and hit["rank"] == 1 and hit["id"] == _vectors(work)[0][11]
+    search.main([*args, "--format", "json"])
+    whole = json.loads(capsys.readouterr().out)
+    assert whole["results"] == entries and whole["representation"] == "raw-64/int8" and whole["k"] == 3
+    (tmp_path / "q.jsonl").write_text('{"id": "q-a", "text": "oil prices"}\n{"text": "bank shares"}\n')
+    with pytest.raises(InputError, match="one of the three"):
+        search.main(["--corpus", str(corpus), "--queries_file", str(tmp_path / "q.jsonl"), "--query", "x"])
+    (tmp_path / "bad.jsonl").write_text('{"id": "q-a", "text": "oil"}\n{"id": 2}\n')
+    with pytest.raises(InputError, match="line 2 has no 'text'"):
+        search.main(["--corpus", str(corpus), "--queries_file", str(tmp_path / "bad.jsonl")])

@@ -238,3 +238,21 @@ def test_metadata_fields_travel_with_their_vectors_through_reduce(tmp_path, hub5
     with pytest.raises(InputError, match="--metadata_field 'colour'"):
         run_embed(tmp_path, [str(path)], "--text_field", "text", "--metadata_field", "colour",
                   encoder=f"tfhub:{hub512}", name="x")
+
+
+def test_search_reads_queries_from_a_file_and_finds_each_sentence_itself(tmp_path, hub512, capsys):
+    from pipelines import search
+
+    path = tmp_path / "c.txt"
+    path.write_text("\n".join(SENTENCES) + "\n")
+    _, out = run_embed(tmp_path, [str(path)], encoder=f"tfhub:{hub512}")
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "text": f"  {s} "}) + "\n"
+                                              for i, s in enumerate(SENTENCES[:3])))
+    (tmp_path / "q.txt").write_text("".join(s + "\n" for s in SENTENCES[:3]))
+    for name in ("q.jsonl", "q.txt"):
+        entries = search.main(["--corpus", str(out), "--queries_file", str(tmp_path / name), "--k", "1",
+                               "--format", "jsonl"])
+        assert [e["hits"][0]["text"] for e in entries] == SENTENCES[:3]  # normalized as embed normalizes
+    assert [e["query_id"] for e in entries] == ["1", "2", "3"]
+    assert [e["query_id"] for e in search.main(["--corpus", str(out), "--queries_file", str(tmp_path / "q.jsonl"),
+                                                "--format", "json"])] == ["q0", "q1", "q2"]

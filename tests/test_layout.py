@@ -18,7 +18,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("core", "transforms", "trainer", "pipelines")
 COMMANDS = {"pipelines.embed", "pipelines.fit_pca", "pipelines.fit_codec", "pipelines.train", "pipelines.reduce",
-            "pipelines.evaluate", "pipelines.search", "pipelines.run", "pipelines.demo", "pipelines.sample_corpus"}
+            "pipelines.evaluate", "pipelines.search", "pipelines.run", "pipelines.demo", "pipelines.sample_corpus",
+            "pipelines.export"}
 ORCHESTRATORS = {"pipelines.run", "pipelines.demo"}
 ALLOWED = {"core": ("core",), "transforms": ("core", "transforms"), "trainer": ("core", "trainer"),
            "pipelines": PACKAGES}

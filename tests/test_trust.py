@@ -238,7 +238,8 @@ def coded(tmp_path, data) -> tuple[Path, Path]:
 def _search(corpus: Path) -> list:
     queries = correlated_vectors(3, DIM, seed=7)
     np.save(corpus.parent / "q.npy", queries)
-    return search.main(["--corpus", str(corpus), "--query_vectors", str(corpus.parent / "q.npy")])["ids"]
+    return [[hit["id"] for hit in entry["hits"]] for entry in search.main(
+        ["--corpus", str(corpus), "--query_vectors", str(corpus.parent / "q.npy")])]
 
 
 def test_a_corpus_is_searched_only_with_the_codec_it_was_written_with(tmp_path, data, coded, monkeypatch):

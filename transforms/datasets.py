@@ -8,7 +8,9 @@ used are dead-lettered with a reason. The batches depend only on the shard
 list, so every fixed-size computation on them (reduce) gives the same bytes.
 
 ``WriteDataset`` writes ``(order, rows)`` elements (lists of serialized
-records, or Arrow tables for Parquet) as ``prefix-SSSSS-of-NNNNN.<format>``:
+records, or Arrow tables for Parquet and Avro; for JSON Lines, a table of
+lines in a ``json`` column) as
+``prefix-SSSSS-of-NNNNN.<format>``:
 each batch to a part file first, then each shard streamed together from its
 parts in input order, so memory does not grow with the corpus and re-runs
 write identical files. This is the only module that uses Beam internals
@@ -34,6 +36,7 @@ from transforms.runner import count_worker
 from transforms.sinks import DEAD, DeadLetterCounter
 
 CORRUPT_RECORD = "corrupt_record"
+SUFFIXES = {"tfrecord": "tfrecord", "parquet": "parquet", "jsonl": "json", "avro": "avro"}
 ROW_GROUP_ROWS = 65_536  # Parquet rows per row group: large enough for fast scans, small enough to stream
 
 
@@ -277,7 +280,7 @@ class _WritePart(beam.DoFn):
         order, rows = element
         path = _part_path(self.prefix, order)
         with files.create(path) as f:
-            if self.out_format == "parquet":
+            if self.out_format != "tfrecord":  # Arrow tables, written in the shard's format at the end
                 sink = pa.BufferOutputStream()
                 with pa.ipc.new_stream(sink, rows.schema) as stream:
                     stream.write_table(rows)
@@ -291,30 +294,44 @@ class _WritePart(beam.DoFn):
 class _WriteShard(beam.DoFn):
     """One output shard: its part files in input order, streamed into one file (atomically renamed)."""
 
-    def __init__(self, prefix: str, num_shards: int, out_format: str):
+    def __init__(self, prefix: str, num_shards: int, out_format: str, compliant_lists: bool = False,
+                 avro_schema: dict | None = None):
         self.prefix, self.num_shards, self.out_format = prefix, num_shards, out_format
+        self.compliant_lists, self.avro_schema = compliant_lists, avro_schema
 
     def process(self, element):
         shard, parts = element
         ordered = [path for _, path in sorted(parts)]
-        suffix = "parquet" if self.out_format == "parquet" else "tfrecord"
-        path = f"{self.prefix}-{shard:05d}-of-{self.num_shards:05d}.{suffix}"
+        path = f"{self.prefix}-{shard:05d}-of-{self.num_shards:05d}.{SUFFIXES[self.out_format]}"
         with files.create(path + ".tmp") as f:
-            if self.out_format == "parquet":
-                self._parquet(f, ordered)
-            else:
+            if self.out_format == "tfrecord":
                 for part in ordered:
                     f.write(files.read_bytes(part))
+            elif self.out_format == "parquet":
+                self._parquet(f, ordered)
+            elif self.out_format == "jsonl":  # rows hold their line, serialized where it was made
+                for part in ordered:
+                    f.write("".join(line + "\n" for line in _read_arrow(part).column("json").to_pylist())
+                            .encode("utf-8"))
+            else:
+                self._avro(f, ordered, shard)
         files.rename(path + ".tmp", path)
         files.delete(ordered)
         yield path
 
-    @staticmethod
-    def _parquet(f, parts: list[str]) -> None:
+    def _avro(self, f, parts: list[str], shard: int) -> None:
+        """An Avro container file; its sync marker is fixed by the shard, so re-runs write the same bytes."""
+        import fastavro
+
+        marker = hashlib.sha256(f"{self.prefix}:{shard}".encode()).digest()[:16]
+        rows = (row for part in parts for row in _rows(part))
+        fastavro.writer(f, fastavro.parse_schema(self.avro_schema), rows, codec="deflate", sync_marker=marker)
+
+    def _parquet(self, f, parts: list[str]) -> None:
         """Row groups of ``ROW_GROUP_ROWS`` rows (the last one shorter), whatever the batch size."""
         tables = (_read_arrow(part) for part in parts)
         first = next(tables)
-        with pq.ParquetWriter(f, first.schema, use_compliant_nested_type=False) as writer:
+        with pq.ParquetWriter(f, first.schema, use_compliant_nested_type=self.compliant_lists) as writer:
             pending, rows = [first], first.num_rows
             for table in tables:
                 if rows >= ROW_GROUP_ROWS:
@@ -329,6 +346,10 @@ def _read_arrow(path: str) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(files.read_bytes(path))).read_all()
 
 
+def _rows(part: str) -> list[dict]:
+    return _read_arrow(part).to_pylist()
+
+
 class WriteDataset(beam.PTransform):
     """``(order, rows)`` -> ``prefix-SSSSS-of-NNNNN.{tfrecord,parquet}``, byte-identical on every run.
 
@@ -338,10 +359,11 @@ class WriteDataset(beam.PTransform):
     and shards hold their batches in input order.
     """
 
-    def __init__(self, prefix: str, num_shards: int, input_shards: int, out_format: str):
+    def __init__(self, prefix: str, num_shards: int, input_shards: int, out_format: str, compliant_lists: bool = False,
+                 avro_schema: dict | None = None):
         super().__init__()
         self.prefix, self.num_shards, self.input_shards = prefix, max(1, num_shards), max(1, input_shards)
-        self.out_format = out_format
+        self.out_format, self.compliant_lists, self.avro_schema = out_format, compliant_lists, avro_schema
 
     def expand(self, rows):
         n, s = self.num_shards, self.input_shards
@@ -349,4 +371,5 @@ class WriteDataset(beam.PTransform):
                 | "WritePart" >> beam.ParDo(_WritePart(self.prefix, self.out_format))
                 | "KeyByShard" >> beam.Map(lambda item: ((item[0][0] + item[0][1] * s) % n, item))
                 | "GroupByShard" >> beam.GroupByKey()
-                | "WriteShard" >> beam.ParDo(_WriteShard(self.prefix, n, self.out_format)))
+                | "WriteShard" >> beam.ParDo(_WriteShard(self.prefix, n, self.out_format, self.compliant_lists,
+                                                         self.avro_schema)))
