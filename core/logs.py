@@ -24,7 +24,7 @@ BENIGN = ("Could not find cuda drivers", "All log messages before absl::Initiali
           "To enable the following instructions", "failed call to cuInit", "Resource module is not available",
           "Discarding unparseable args", "Tensorflow Transform is running in tf.compat.v1 mode",
           "TFRecordDataset `buffer_size` is unspecified", "MLIR V1 optimization pass is not enabled",
-          "No semi_persistent_directory found")
+          "No semi_persistent_directory found", "oneDNN custom operations are on")
 
 
 _WORKER_MESSAGE = re.compile(r'message: "((?:[^"\\]|\\.)*)"')

@@ -27,8 +27,7 @@ from core.errors import InputError
 from core.outputs import OutputDir
 from pipelines import cli
 from pipelines.cli import job_parser
-from trainer import data, export, training
-from trainer.model import LOSSES
+from trainer.options import HAS_TENSORBOARD, LOSSES, SCHEDULES, STRATEGIES
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +85,12 @@ class TrainConfig:
                                            "flattened (docs/train.md)")
     lr_schedule: str = option("cosine", "cosine: decay from --learning_rate to 0 over the planned epochs; plateau: "
                                         "halve it when the validation loss stalls; constant",
-                              choices=training.SCHEDULES)
+                              choices=SCHEDULES)
     val_permille: int = option(50, "validation share by id hash, per mille (0 <= v < 1000)")
     shuffle_buffer: int = option(10_000, "rows shuffled together between epochs")
     seed: int = option(0, "initialization, shuffling and split seed")
-    strategy: str = option("default", "tf.distribute strategy", choices=training.STRATEGIES)
-    tensorboard: bool = option(training.HAS_TENSORBOARD, "write TensorBoard logs to OUTPUT/train/logs (default: when "
+    strategy: str = option("default", "tf.distribute strategy", choices=STRATEGIES)
+    tensorboard: bool = option(HAS_TENSORBOARD, "write TensorBoard logs to OUTPUT/train/logs (default: when "
                                                  "tensorboard is installed)")
     hub_handle: str | None = option(None, "also export text -> codes with this TF Hub encoder handle")
     overwrite: bool = option(False, "replace an earlier training run of different parameters in --output")
@@ -136,6 +135,8 @@ def check_config(config: TrainConfig) -> None:
 
 def train(config: TrainConfig, extra_callbacks: list | None = None) -> dict:
     """Train, export and write the manifest; returns the manifest ({} on a non-chief worker)."""
+    from trainer import data, training  # Keras: imported when training, not to show --help
+
     check_config(config)
     datasets = open_all([config.input, *config.extra_input])
     params = {**config.params(), "inputs": [d.digest for d in datasets]}
@@ -167,7 +168,9 @@ def train(config: TrainConfig, extra_callbacks: list | None = None) -> dict:
         return _export(config, out, model, final, datasets, verified)
 
 
-def _export(config: TrainConfig, out: OutputDir, model, final: dict, datasets, verified: data.Verified) -> dict:
+def _export(config: TrainConfig, out: OutputDir, model, final: dict, datasets, verified) -> dict:
+    from trainer import export, training
+
     model.save(out.path(export.KERAS_MODEL_FILE))
     head, entry = export.export_head(model, config.output)
     if verified.non_finite_ids:

@@ -83,3 +83,11 @@ def test_run_reaches_every_step_flag_declared_once():
     assert config.step("reduce", reducer="p", output="r").format == "parquet"
     untouched = run.parse(["--input", "x.txt", "--workdir", "w"])[0]
     assert untouched.step("embed", input=("x",), output="o").max_batch_size == 1024  # the job's own default
+
+
+@pytest.mark.parametrize("command", ["fit-pca", "fit-codec", "train", "run", "export"])
+def test_help_comes_without_importing_tensorflow(command):
+    result = subprocess.run([sys.executable, "-c", f"import sys; from pipelines import cli; "
+                             f"cli.run_job(cli.COMMANDS[{command!r}][0], ['--help']); "
+                             "print('tensorflow' in sys.modules)"], capture_output=True, text=True, cwd=REPO)
+    assert result.stdout.strip().endswith("False"), result.stdout[-500:] + result.stderr[-500:]

@@ -17,8 +17,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from trainer.options import LOSSES
+
 PACKAGE = "use_shrink"
-LOSSES = ("mse", "cosine")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE, name="L2Normalize")

@@ -6,7 +6,6 @@ its final losses; the command around it claims the output and exports.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import os
@@ -19,18 +18,16 @@ import tensorflow as tf
 from tensorflow.io import gfile
 
 from core.errors import InputError
+from trainer.options import HAS_TENSORBOARD
 from trainer import data
 from trainer.model import build_autoencoder
 
 log = logging.getLogger(__name__)
 
-HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 # Each split is kept in memory after its first pass when it fits in this size: reading and parsing the
 # shards again cost 6.5 s of every ~18 s epoch on 190,000 financial vectors (0.6 s from the cache, measured);
 # larger corpora stream from the shards every epoch, so memory stays flat.
 CACHE_BYTES = 1024 * 2**20
-STRATEGIES = ("default", "mirrored", "multiworker")
-SCHEDULES = ("constant", "cosine", "plateau")
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:

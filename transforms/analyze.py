@@ -10,13 +10,13 @@ from __future__ import annotations
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import tensorflow_transform.beam as tft_beam
-from tensorflow_metadata.proto.v0 import schema_pb2
-from tfx_bsl.tfxio import tensor_adapter
 
 
-def tensor_adapter_config(feature: str, dim: int) -> tensor_adapter.TensorAdapterConfig:
+def tensor_adapter_config(feature: str, dim: int):
     """How tf.Transform reads the record batches: one dense float32 feature of ``dim`` values."""
+    from tensorflow_metadata.proto.v0 import schema_pb2
+    from tfx_bsl.tfxio import tensor_adapter
+
     shape = schema_pb2.FixedShape(dim=[schema_pb2.FixedShape.Dim(size=dim)])
     representation = schema_pb2.TensorRepresentation(
         dense_tensor=schema_pb2.TensorRepresentation.DenseTensor(column_name=feature, shape=shape))
@@ -46,6 +46,8 @@ class Analyze(beam.PTransform):
         self.temp_dir, self.output_dir = temp_dir, output_dir
 
     def expand(self, arrays):
+        import tensorflow_transform.beam as tft_beam  # imported when a pipeline is built, not to show --help
+
         batches = arrays | "ToRecordBatches" >> beam.Map(to_record_batch, self.feature)
         with tft_beam.Context(temp_dir=self.temp_dir, force_tf_compat_v1=True):
             transform_fn = ((batches, tensor_adapter_config(self.feature, self.dim))

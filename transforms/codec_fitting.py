@@ -16,8 +16,6 @@ import time
 
 import apache_beam as beam
 import numpy as np
-import tensorflow as tf
-import tensorflow_transform as tft
 from apache_beam.metrics import Metrics
 
 from core import codecs, files
@@ -31,6 +29,9 @@ HI = "int8_hi"
 
 def preprocessing_fn(inputs: dict) -> dict:
     """Per-dimension minimum and maximum of the reduced vectors, as named analyzer results."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
     x = inputs[REDUCED]
     lo = tf.identity(tft.min(x, reduce_instance_dims=False), name=LO)
     hi = tf.identity(tft.max(x, reduce_instance_dims=False), name=HI)

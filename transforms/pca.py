@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import tensorflow as tf
-import tensorflow_transform as tft
 
 EMBEDDING = "embedding"
 REDUCED = "reduced"
@@ -28,6 +26,9 @@ def make_preprocessing_fn(output_dim: int, center: bool = True,
     """``{'embedding': [n, d]} -> {'reduced': [n, output_dim]}`` fitted with ``tft.pca``."""
 
     def preprocessing_fn(inputs: dict) -> dict:
+        import tensorflow as tf
+        import tensorflow_transform as tft
+
         x = inputs[EMBEDDING]
         # float64 input, not just dtype=float64: the combiners form each batch's
         # x'x in the input's dtype, and E[xx'] - mm' needs the digits.
