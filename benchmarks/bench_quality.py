@@ -127,7 +127,8 @@ def golden(reds: dict, data_dir: Path) -> tuple[dict[str, dict], dict]:
         d, q = apply(reduce, docs), apply(reduce, queries)
         results[name] = {
             "global": search.golden_retrieval(search.Cosine(d.shape[1]), d, q, gs.doc_ids, qrels),
-            "within": search.golden_retrieval(search.Cosine(d.shape[1]), d, q, gs.doc_ids, qrels, query_groups=query_groups,
+            "within": search.golden_retrieval(search.Cosine(d.shape[1]), d, q, gs.doc_ids, qrels,
+                                              query_groups=query_groups,
                                                doc_groups=doc_groups)}
         print(name, results[name], flush=True)
     return results, {"docs": len(gs.doc_ids), "queries": len(gs.query_ids)}

@@ -198,8 +198,8 @@ def rules_table(result: dict) -> list[str]:
 
 def probe_table(result: dict) -> list[str]:
     rows = {p["epoch"]: p for p in result["probe"]}
-    lines = [f"Per-epoch quality of `{result['name']}`:", "", "| epoch | val_loss | STS fidelity | MRR@10 | recall@10 |",
-             "|---|---|---|---|---|"]
+    lines = [f"Per-epoch quality of `{result['name']}`:", "",
+             "| epoch | val_loss | STS fidelity | MRR@10 | recall@10 |", "|---|---|---|---|---|"]
     for e in sorted(rows):
         p = rows[e]
         lines.append(f"| {e} | {p['val_loss']:.4f} | {p['fidelity']:.4f} | {p['mrr@10']:.4f} | {p['recall@10']:.4f} |")
@@ -210,16 +210,17 @@ def report(results: list[dict], rows: int, run_s: float) -> str:
     from results import machine_line
 
     base = results[0]
-    lines = [f"{machine_line()}. `python benchmarks/bench_training.py --variants {' '.join(map(repr, [r['name'] for r in results]))}`"
-             f", run time {run_s / 60:.0f} min. Each variant is `shrink train` (`pipelines.train.train`) with the "
+    variants = " ".join(map(repr, [r["name"] for r in results]))
+    lines = [f"{machine_line()}. `python benchmarks/bench_training.py --variants {variants}`, run time "
+             f"{run_s / 60:.0f} min. Each variant is `shrink train` (`pipelines.train.train`) with the "
              f"trainer's defaults plus its flags, on the {rows:,} financial fit rows (5% held out for validation), "
              "scored as a loaded artifact: STS-B test fidelity (Pearson, raw vs reduced pair cosines), label-free "
              "retrieval on the 100,000-sentence slice (1,000 queries, raw-512 top-10 golden). Train s: wall clock "
              "of `train()` (verify, fit, export), one run, the machine shared.", "", *results_table(results), "",
              *[f"- {targets(base, r)}" for r in results[1:]], "",
              "Validation loss per epoch (relative change over the 5 epochs before):", "", *curve_table(results), "",
-             f"Stopping rules replayed on the `{base['name']}` curve (`pipelines.train.PlateauStopping`; quality of the "
-             "kept epoch when probed):", "", *rules_table(base)]
+             f"Stopping rules replayed on the `{base['name']}` curve (`pipelines.train.PlateauStopping`; quality "
+             "of the kept epoch when probed):", "", *rules_table(base)]
     for r in results:
         if r["probe"]:
             lines += ["", *probe_table(r)]

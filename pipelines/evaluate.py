@@ -37,6 +37,7 @@ from core import config as cfg
 from core.config import option
 from core.dataset import EmbeddingDataset, in_holdout, iter_batches
 from core.encoders import load_encoder
+from core.errors import InputError
 from core.evaluation import coded, frontier, golden, metrics, sts
 from core.evaluation import report as report_io
 from core.evaluation.sampling import SmallestKeys, seeded_keys
@@ -73,6 +74,8 @@ class EvaluateConfig:
     budget_bytes: int | None = option(None, "mark the best representation within this many bytes/vector")
     seed: int = option(0, "query sampling seed")
     chunk_rows: int = option(16_384, "corpus rows searched at a time")
+    sample_rows: int = option(200_000, "label-free figures on a seeded uniform sample of at most this many corpus "
+                                       "rows (0: every row), so evaluate's cost stays flat as the corpus grows")
     encoder_threads: int = option(0, "0: all cores of this machine")
     overwrite: bool = option(True, "replace an earlier report in --output")
 
@@ -163,15 +166,41 @@ class Queries:
 MIN_HELD_OUT_QUERIES = 50
 
 
-def sample_queries(dataset: EmbeddingDataset, config: EvaluateConfig) -> Queries:
-    """Up to ``config.queries`` rows drawn uniformly (seeded) from the held-out split of the whole corpus.
+class SearchedRows:
+    """The rows the label-free frontier searches: the whole corpus streamed, or a seeded uniform sample of
+    ``sample_rows`` of them held in memory, so evaluate's cost stops growing with the corpus."""
+
+    def __init__(self, dataset: EmbeddingDataset, config: EvaluateConfig):
+        self.dataset, self.chunk_rows = dataset, config.chunk_rows
+        self.sampled = bool(config.sample_rows) and dataset.records > config.sample_rows
+        self.sample = None
+        if self.sampled:
+            keep = SmallestKeys(config.sample_rows)
+            for batch in iter_batches([dataset], config.chunk_rows):
+                keep.add(seeded_keys(batch["id"], config.seed + 1), ids=np.asarray(batch["id"], object),
+                         vectors=batch["vector"])
+            self.sample = keep.result()
+        self.rows = len(self.sample["ids"]) if self.sampled else dataset.records
+
+    def batches(self):
+        """``{'id': [...], 'vector': [n, dim]}`` chunks, always in the same order."""
+        if not self.sampled:
+            yield from iter_batches([self.dataset], self.chunk_rows)
+            return
+        for start in range(0, self.rows, self.chunk_rows):
+            yield {"id": list(self.sample["ids"][start:start + self.chunk_rows]),
+                   "vector": self.sample["vectors"][start:start + self.chunk_rows]}
+
+
+def sample_queries(searched: SearchedRows, config: EvaluateConfig) -> Queries:
+    """Up to ``config.queries`` rows drawn uniformly (seeded) from the held-out split of the searched rows.
 
     A small corpus with fewer held-out rows than asked for uses all of them; one
     with fewer than 50 draws from every row instead. One streaming pass.
     """
     held, every = SmallestKeys(config.queries), SmallestKeys(config.queries)
     offset = 0
-    for batch in iter_batches([dataset], config.chunk_rows):
+    for batch in searched.batches():
         keys = seeded_keys(batch["id"], config.seed)
         rows = np.arange(offset, offset + len(keys))
         mask = in_holdout(batch["id"], config.holdout_permille).numpy()
@@ -181,11 +210,11 @@ def sample_queries(dataset: EmbeddingDataset, config: EvaluateConfig) -> Queries
     use_held = held.seen >= min(config.queries, MIN_HELD_OUT_QUERIES, offset)
     chosen = (held if use_held else every).result()
     if not chosen:
-        return Queries(np.zeros((0, dataset.dim), np.float32), np.zeros(0, np.int64), use_held, offset)
+        return Queries(np.zeros((0, searched.dataset.dim), np.float32), np.zeros(0, np.int64), use_held, offset)
     return Queries(chosen["vectors"], chosen["index"].astype(np.int64), use_held, offset)
 
 
-def search_corpus(dataset: EmbeddingDataset, reps: dict, queries: Queries, config: EvaluateConfig) -> dict:
+def search_corpus(searched: SearchedRows, reps: dict, queries: Queries, config: EvaluateConfig) -> dict:
     """name -> ``(search.Search, seconds spent coding)`` over the whole corpus, every representation in one pass.
 
     Each chunk is stored in each representation and searched by the engine ``shrink search`` uses.
@@ -194,9 +223,9 @@ def search_corpus(dataset: EmbeddingDataset, reps: dict, queries: Queries, confi
     searches = {n: search.Search(r, queries.vectors, max(K, config.rerank) if n in compact else K, queries.index)
                 for n, r in reps.items()}
     coding = dict.fromkeys(reps, 0.0)
-    progress = Progress("rows searched in every representation", dataset.records)
+    progress = Progress("rows searched in every representation", searched.rows)
     offset = 0
-    for batch in iter_batches([dataset], config.chunk_rows):
+    for batch in searched.batches():
         for name, engine in searches.items():
             start = time.perf_counter()
             stored = reps[name].encode(batch["vector"])
@@ -212,12 +241,12 @@ def _timings(engine: search.Search, coding_s: float, rows: int) -> dict:
             "search_ms_per_query": round(1e3 * engine.search_s / max(len(engine.queries), 1), 3)}
 
 
-def rerank(dataset: EmbeddingDataset, queries: Queries, firsts: dict, fine, config: EvaluateConfig) -> dict:
+def rerank(searched: SearchedRows, queries: Queries, firsts: dict, fine) -> dict:
     """name -> top-K after re-ranking each first stage's candidates with the ``fine`` representation."""
     wanted = np.unique(np.concatenate([c[c >= 0] for c in firsts.values()]))
     found: dict[int, np.ndarray] = {}
     offset = 0
-    for batch in iter_batches([dataset], config.chunk_rows):
+    for batch in searched.batches():
         rows = np.arange(offset, offset + len(batch["id"]))
         hit = np.isin(rows, wanted)
         if hit.any():
@@ -229,30 +258,32 @@ def rerank(dataset: EmbeddingDataset, queries: Queries, firsts: dict, fine, conf
 
 def frontier_section(dataset: EmbeddingDataset, reps: dict, config: EvaluateConfig, report: dict) -> None:
     """Label-free quality, bytes and time of every representation (and two-stage rows) into ``report``."""
-    queries = sample_queries(dataset, config)
-    if len(queries.index) < 1 or dataset.records < 2 * K + 1:
+    if dataset.records < 2 * K + 1:
         report["skipped"]["frontier"] = f"only {dataset.records} vectors in {config.embeddings}; need {2 * K + 1}"
         return
-    searches = search_corpus(dataset, reps, queries, config)
+    searched = SearchedRows(dataset, config)
+    queries = sample_queries(searched, config)
+    searches = search_corpus(searched, reps, queries, config)
     tops = {name: engine.result()[0] for name, (engine, _) in searches.items()}
     golden_top = tops[RAW]
     rows = [_row(name, reps[name], metrics.neighbour_fidelity(golden_top, tops[name][:, :K], K),
-                 _timings(engine, coding_s, dataset.records), report) for name, (engine, coding_s) in searches.items()]
+                 _timings(engine, coding_s, searched.rows), report) for name, (engine, coding_s) in searches.items()]
     fine = next((n for n, r in reps.items() if r.family == "raw" and r.precision == "int8"), None)
     firsts = {n: tops[n] for n in tops if reps[n].bytes_per_vector <= COMPACT_BYTES}
     if fine and firsts:
-        for name, top in rerank(dataset, queries, firsts, reps[fine], config).items():
+        for name, top in rerank(searched, queries, firsts, reps[fine]).items():
             rows.append(_two_stage_row(name, fine, reps, metrics.neighbour_fidelity(golden_top, top, K), config,
                                        report))
     report["frontier"] = {"queries": int(len(queries.index)), "held_out": queries.held_out,
-                          "corpus_rows": queries.corpus_rows, "rows": rows}
+                          "corpus_rows": dataset.records, "searched_rows": searched.rows,
+                          "sampled": searched.sampled, "rows": rows}
 
 
 def _row(name: str, rep, fidelity: dict, timings: dict, report: dict) -> dict:
     sts_entry = report.get("sts", {}).get("representations", {}).get(name, {})
     golden_entry = report.get("golden_set", {}).get("representations", {}).get(name, {})
     return {"name": name, "family": rep.family, "precision": rep.precision, "bytes_per_vector": rep.bytes_per_vector,
-            **{k: fidelity[k] for k in ("mrr@10", "recall@10", "ndcg@10")}, **timings,
+            **{k: fidelity[k] for k in ("mrr@10", "recall@10", "ndcg@10", "recall@10_ci95")}, **timings,
             "sts_fidelity": sts_entry.get("fidelity", {}).get("pearson", 1.0 if name == RAW else None),
             "golden_ndcg@10": golden_entry.get("global", {}).get("ndcg@10")}
 
@@ -319,8 +350,18 @@ def choose_and_summarize(report: dict, config: EvaluateConfig) -> None:
             f"see the frontier below, or run with --budget_bytes {current['bytes_per_vector']}.")
 
 
+def check(config: EvaluateConfig) -> None:
+    """Bad numbers fail before any work, in one line."""
+    for flag in ("queries", "rerank", "chunk_rows"):
+        if getattr(config, flag) < 1:
+            raise InputError(f"--{flag} must be positive, got {getattr(config, flag)}")
+    if config.sample_rows and config.sample_rows < 2 * K + 1:
+        raise InputError(f"--sample_rows must be 0 (every row) or at least {2 * K + 1}, got {config.sample_rows}")
+
+
 def run(config: EvaluateConfig, options=None) -> dict:
     """Score every representation and write the report into ``config.output``; returns the report."""
+    check(config)
     dataset = EmbeddingDataset.open(config.embeddings)
     loaded = [reducers.load_reducer(p) for p in config.reducer]
     for r in loaded:

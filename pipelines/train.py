@@ -76,7 +76,8 @@ class TrainConfig:
                                             "epochs (at least 1, at most --epochs), the cosine decay spread over "
                                             "them; 0: --epochs. 2M is 21 epochs of 95k financial sentences, measured "
                                             "against 100 constant-rate epochs (benchmarks/RESULTS.md); a larger "
-                                            "corpus gets fewer epochs of as many steps")
+                                            "corpus gets fewer epochs of as many steps, and one over 2N rows sees "
+                                            "N examples in 10 partial epochs")
     early_stopping: bool = option(True, "stop when validation loss stalls")
     patience: int = option(5, "early stopping: epochs without an improvement before training stops")
     min_improvement: float = option(0.002, "early stopping: an epoch improves only when its validation loss falls "
@@ -158,11 +159,11 @@ def train(config: TrainConfig, extra_callbacks: list | None = None) -> dict:
                      usable)
             config = dataclasses.replace(config, val_permille=0)
             train_rows, verified = usable, dataclasses.replace(verified, validation=0)
-        epochs = training.planned_epochs(config, train_rows)
-        log.info("%s", training.plan_line(train_rows, verified.validation, config.batch_size, epochs))
+        schedule = training.planned_schedule(config, train_rows)
+        log.info("%s", training.plan_line(train_rows, verified.validation, config.batch_size, schedule))
         train_dir = out.path("train")
-        model, final = training.fit(config, datasets, train_dir, extra_callbacks or [], epochs, train_rows,
-                           verified.validation)
+        model, final = training.fit(config, datasets, train_dir, extra_callbacks or [], schedule, train_rows,
+                                    verified.validation)
         if not chief:  # workers of a cluster train; only the chief writes the artifact
             return {}
         return _export(config, out, model, final, datasets, verified)

@@ -27,7 +27,8 @@ def test_an_error_without_a_message_still_says_what_and_where():
     line = cli.one_line(_raise(AssertionError()))
     assert line.startswith("internal error: AssertionError at test_cli.py:") and "SHRINK_DEBUG=1" in line
     assert cli.one_line(_raise(ValueError("bad value"))) == "ValueError: bad value"
-    wrapped = RuntimeError("Pipeline failed\nTraceback...\ncore.errors.DataError: shard x is damaged [while running 'R']")
+    wrapped = RuntimeError("Pipeline failed\nTraceback...\n"
+                           "core.errors.DataError: shard x is damaged [while running 'R']")
     assert cli.one_line(wrapped) == "DataError: shard x is damaged"
 
 

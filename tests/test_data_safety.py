@@ -176,7 +176,8 @@ def test_reduce_tfrecords_are_byte_identical_across_processes(tmp_path, three_sh
         np.random.default_rng(0).normal(size=(64, 64)))[0][:, :8])
     for name in ("one", "two"):
         result = subprocess.run([sys.executable, "-m", "pipelines.reduce", "--input", str(three_shards),
-                                 "--reducer", reducer, "--output", str(tmp_path / name), "--num_shards", "2", "--batch_size", "40"],
+                                 "--reducer", reducer, "--output", str(tmp_path / name), "--num_shards", "2",
+                                 "--batch_size", "40"],
                                 capture_output=True, text=True, cwd=REPO, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
     for shard in sorted((tmp_path / "one").glob("data-*")):

@@ -94,7 +94,8 @@ def test_reduce_killed_midway_then_rerun(tmp_path, dataset):
     from tests.fixtures import write_linear_reducer
 
     rng = np.random.default_rng(0)
-    reducer = write_linear_reducer(tmp_path / "pca", np.zeros(512), np.linalg.qr(rng.normal(size=(512, 512)))[0][:, :64])
+    basis = np.linalg.qr(rng.normal(size=(512, 512)))[0][:, :64]
+    reducer = write_linear_reducer(tmp_path / "pca", np.zeros(512), basis)
     args = ["--input", str(dataset), "--reducer", reducer, "--batch_size", "64"]
     kill_when("Creating state cache", ["pipelines.reduce", *args, "--output", str(tmp_path / "killed")])
     _assert_killed_midway(tmp_path / "killed")

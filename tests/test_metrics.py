@@ -96,3 +96,11 @@ def test_labelled_retrieval_hand_values():
     assert padded["mrr@3"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="no relevant"):
         metrics.labelled_retrieval([["a"]], [{"a": 0}])
+
+
+def test_neighbour_fidelity_recall_confidence_half_width():
+    one = metrics.neighbour_fidelity(np.array([[5, 6, 7]]), np.array([[6, 9, 5]]), k=3)
+    assert one["recall@3_ci95"] is None  # one query: no spread to estimate
+    two = metrics.neighbour_fidelity(np.array([[5, 6, 7], [1, 2, 3]]), np.array([[6, 9, 5], [1, 2, 3]]), k=3)
+    # recalls 2/3 and 1: sample std (1/3)/sqrt(2), half-width 1.96 * std / sqrt(2) = 1.96/6
+    assert two["recall@3_ci95"] == pytest.approx(1.96 / 6)

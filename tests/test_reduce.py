@@ -47,7 +47,8 @@ def test_tfrecord_output(setup):
     assert manifest["kind"] == "reduced" and manifest["dim"] == K and manifest["input_dim"] == DIM
     assert manifest["counts"]["read"] == ROWS + len(BAD)
     assert manifest["counts"]["written"] == ROWS and manifest["counts"]["dead_letter"] == len(BAD)
-    assert manifest["representation"]["name"] == "pca-8/float32" and manifest["representation"]["reducer"]["kind"] == "pca"
+    representation = manifest["representation"]
+    assert representation["name"] == "pca-8/float32" and representation["reducer"]["kind"] == "pca"
     assert records.schema_dim(records.read_schema(str(root / "tfr"))) == K
     out = {r["id"]: r for r in read_records(root / "tfr")}
     expected = _expected(rows, fitted)

@@ -106,6 +106,20 @@ def test_two_epochs_reduce_validation_loss_and_export_the_artifact(dataset, tmp_
     assert (out / "train" / "history.csv").read_text().count("\n") == 3  # header + 2 epochs
 
 
+def test_a_budget_under_half_a_pass_trains_that_many_examples_in_partial_epochs(dataset, tmp_path):
+    steps = []
+
+    class Count(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            steps.append(batch)
+
+    # About 480 training rows, a budget of 150 examples: 10 epochs of ceil(150 / 320) = 1 batch of 32.
+    manifest = task.train(_args(dataset, tmp_path / "ae", "--train_examples", "150", "--no-early_stopping"),
+                          extra_callbacks=[Count()])
+    assert manifest["epochs_run"] == 10 and steps == [0] * 10
+    assert (tmp_path / "ae" / "train" / "history.csv").read_text().count("\n") == 11
+
+
 def test_killed_run_resumes_from_its_last_epoch(dataset, tmp_path):
     out = tmp_path / "ae"
     epochs = []
@@ -350,11 +364,17 @@ def test_the_default_run_decays_over_a_budget_stops_on_a_plateau_and_logs_epochs
     assert (config.learning_rate, config.lr_schedule, config.train_examples, config.epochs) == \
         (1e-2, "cosine", 2_000_000, 100)
     assert (config.early_stopping, config.patience, config.min_improvement, config.verbose) == (True, 5, 0.002, 0)
-    assert training.planned_epochs(config, 95_067) == 21  # the benchmark's 100k financial rows, 5% held out
-    assert training.planned_epochs(config, 202_000) == 10  # a larger corpus: fewer epochs, as many steps
-    assert training.planned_epochs(config, 600) == 100  # a small one: --epochs is the upper bound
-    assert training.planned_epochs(config, 5_000_000) == 1
-    assert training.planned_epochs(dataclasses.replace(config, train_examples=0), 95_067) == 100
+    plan = lambda rows, **changes: training.planned_schedule(dataclasses.replace(config, **changes), rows)  # noqa: E731
+    assert plan(95_067) == training.Schedule(21)  # the benchmark's 100k financial rows, 5% held out
+    assert plan(202_000) == training.Schedule(10)  # a larger corpus: fewer epochs, as many steps
+    assert plan(600) == training.Schedule(100)  # a small one: --epochs is the upper bound
+    assert plan(3_000_000) == training.Schedule(1)  # two thirds of a pass rounds to one
+    assert plan(95_067, train_examples=0) == training.Schedule(100)
+    # Over twice the budget: the budget itself, in 10 partial epochs, so training stops growing with the corpus.
+    assert plan(5_000_000) == plan(9_500_000) == training.Schedule(10, 196)  # ceil(2M / (10 * 1024))
+    assert plan(9_500_000, epochs=4) == training.Schedule(4, 489)
+    assert "on 2,007,040 of 9,500,000 rows" in training.plan_line(9_500_000, 500_000, 1024, plan(9_500_000))
+    assert "validating on 50,000 rows" in training.plan_line(9_500_000, 500_000, 1024, plan(9_500_000))
     callbacks = training.make_callbacks(config, str(tmp_path), has_val=True, epochs=21)
     [rule] = [c for c in callbacks if isinstance(c, training.PlateauStopping)]
     assert (rule.monitor, rule.patience, rule.min_improvement) == ("val_loss", 5, 0.002)

@@ -62,11 +62,14 @@ def in_split(ids: tf.Tensor, validation: bool, val_permille: int) -> tf.Tensor:
 
 def make_dataset(datasets: list[EmbeddingDataset], batch_size: int, *, validation: bool = False,
                  val_permille: int = 50, shuffle_buffer: int = 10_000, seed: int = 0,
-                 cache: bool = False) -> tf.data.Dataset:
+                 cache: bool = False, repeat: bool = False, max_rows: int | None = None) -> tf.data.Dataset:
     """Batches of float32 ``[batch, dim]`` finite embeddings of one split.
 
     The training split is shuffled (files and records, seeded, reshuffled
-    each epoch); the validation split is read in a fixed order.
+    each epoch); the validation split is read in a fixed order. ``repeat``:
+    endless, for a budget counted in steps, reading from up to 64 files at
+    once so that part of a pass mixes the whole corpus. ``max_rows``: the
+    first rows only.
     """
     if not 0 <= val_permille <= HOLDOUT_BUCKETS:
         raise ValueError(f"val_permille must be in [0, {HOLDOUT_BUCKETS}], got {val_permille}")
@@ -76,7 +79,7 @@ def make_dataset(datasets: list[EmbeddingDataset], batch_size: int, *, validatio
     files = tf.data.Dataset.from_tensor_slices(shards)
     if shuffle:
         files = files.shuffle(len(shards), seed=seed, reshuffle_each_iteration=True)
-    ds = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(shards), 8),
+    ds = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(shards), 64 if repeat else 8),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
 
     def parse(serialized):
@@ -88,8 +91,12 @@ def make_dataset(datasets: list[EmbeddingDataset], batch_size: int, *, validatio
 
     ds = ds.batch(_PARSE_BATCH).map(parse, num_parallel_calls=tf.data.AUTOTUNE,
                                     deterministic=not shuffle).unbatch()
+    if max_rows:
+        ds = ds.take(max_rows)
     if cache:
         ds = ds.cache()
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -6,6 +6,7 @@ its final losses; the command around it claims the output and exports.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -18,9 +19,9 @@ import tensorflow as tf
 from tensorflow.io import gfile
 
 from core.errors import InputError
-from trainer.options import HAS_TENSORBOARD
 from trainer import data
 from trainer.model import build_autoencoder
+from trainer.options import HAS_TENSORBOARD
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +158,29 @@ class EpochLog(keras.callbacks.Callback):
             self.logged_at = now
 
 
-def planned_epochs(config, train_rows: int) -> int:
-    """Epochs the budget of ``--train_examples`` buys on ``train_rows`` rows, within [1, --epochs]."""
-    if not config.train_examples:
-        return config.epochs
-    return max(1, min(config.epochs, round(config.train_examples / max(train_rows, 1))))
+SUB_EPOCHS = 10  # a budget under one pass is spread over this many Keras epochs (checkpoints, LR decay, stopping)
+VALIDATION_ROWS = 50_000  # validation scores the same first rows of the split each epoch, at most this many
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """How long training runs: ``epochs`` Keras epochs of ``steps`` batches each (None: a whole pass)."""
+    epochs: int
+    steps: int | None = None
+
+
+def planned_schedule(config, train_rows: int) -> Schedule:
+    """What the budget of ``--train_examples`` buys on ``train_rows`` rows.
+
+    Whole passes, round(budget / rows) within [1, --epochs]; a budget under half a pass (a large corpus) is
+    that many examples instead, in up to ``SUB_EPOCHS`` epochs, so the cost of training stops growing with
+    the corpus.
+    """
+    if not config.train_examples or config.train_examples >= train_rows / 2:
+        passes = round(config.train_examples / max(train_rows, 1)) if config.train_examples else config.epochs
+        return Schedule(max(1, min(config.epochs, passes)))
+    epochs = min(config.epochs, SUB_EPOCHS)
+    return Schedule(epochs, math.ceil(config.train_examples / (epochs * config.batch_size)))
 
 
 def make_callbacks(config, train_dir: str, has_val: bool, epochs: int) -> list:
@@ -193,7 +212,7 @@ def make_callbacks(config, train_dir: str, has_val: bool, epochs: int) -> list:
 
 
 def fit(config, datasets, train_dir: str, extra_callbacks: list,
-        epochs: int, train_rows: int, val_rows: int) -> tuple[keras.Model, dict]:
+        schedule: Schedule, train_rows: int, val_rows: int) -> tuple[keras.Model, dict]:
     """Build and fit the model; returns it and the final losses. Fails on a non-finite loss."""
     keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(config.strategy)
@@ -201,18 +220,20 @@ def fit(config, datasets, train_dir: str, extra_callbacks: list,
     fits = lambda rows: rows * datasets[0].dim * 4 <= CACHE_BYTES  # noqa: E731
     train_ds = data.make_dataset(datasets, config.batch_size, val_permille=config.val_permille,
                                  shuffle_buffer=config.shuffle_buffer, seed=config.seed,
-                                 cache=fits(train_rows + val_rows))
+                                 cache=not schedule.steps and fits(train_rows + val_rows),
+                                 repeat=bool(schedule.steps))
     val_ds = data.make_dataset(datasets, config.batch_size, validation=True, val_permille=config.val_permille,
-                               cache=fits(val_rows)) if has_val else None
+                               cache=fits(min(val_rows, VALIDATION_ROWS)), max_rows=VALIDATION_ROWS) \
+        if has_val else None
     with strategy.scope():
         model = build_autoencoder(datasets[0].dim, **config.model_config())
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     gfile.makedirs(train_dir)  # the CSV log opens a file in it before any callback creates it
-    callbacks = make_callbacks(config, train_dir, has_val, epochs) + list(extra_callbacks)
+    callbacks = make_callbacks(config, train_dir, has_val, schedule.epochs) + list(extra_callbacks)
     with warnings.catch_warnings():
         # Keras learns the length of a filtered dataset at the end of its first pass and warns; benign.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
-        history = model.fit(train_ds, validation_data=val_ds, epochs=epochs,
+        history = model.fit(train_ds, validation_data=val_ds, epochs=schedule.epochs, steps_per_epoch=schedule.steps,
                             callbacks=callbacks, verbose=config.verbose, shuffle=False)  # tf.data shuffles
         if callbacks[0].fired:
             raise InputError("training stopped: the loss became NaN or infinite. Try a lower --learning_rate "
@@ -223,10 +244,17 @@ def fit(config, datasets, train_dir: str, extra_callbacks: list,
     return model, final
 
 
-def plan_line(train_rows: int, val_rows: int, batch_size: int, epochs: int) -> str:
+def plan_line(train_rows: int, val_rows: int, batch_size: int, schedule: Schedule) -> str:
     """'training 21 epochs on 95,012 rows (93 batches of 1024 per epoch), validating on 4,988 rows (5 batches)'."""
-    line = (f"training {epochs} epoch{'s' if epochs > 1 else ''} on {train_rows:,} rows "
-            f"({math.ceil(train_rows / batch_size)} batches of {batch_size} per epoch)")
+    epochs = f"{schedule.epochs} epoch{'s' if schedule.epochs > 1 else ''}"
+    if schedule.steps:
+        seen = schedule.epochs * schedule.steps * batch_size
+        line = (f"training on {seen:,} of {train_rows:,} rows (the --train_examples budget, {seen / train_rows:.2f} "
+                f"of a pass) in {epochs} of {schedule.steps} batches of {batch_size}")
+    else:
+        line = f"training {epochs} on {train_rows:,} rows ({math.ceil(train_rows / batch_size)} batches of " \
+               f"{batch_size} per epoch)"
+    val_rows = min(val_rows, VALIDATION_ROWS)
     return line + (f", validating on {val_rows:,} rows ({math.ceil(val_rows / batch_size)} batches)" if val_rows
                    else ", no validation split")
 

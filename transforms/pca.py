@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-
 EMBEDDING = "embedding"
 REDUCED = "reduced"
 MEAN = "pca_mean"

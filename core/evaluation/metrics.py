@@ -195,7 +195,8 @@ def neighbour_fidelity(raw_topk: np.ndarray, reduced_topk: np.ndarray, k: int = 
     - nDCG@k: graded relevance rel(R[j]) = k - j (raw top-1 gets k, raw k-th
       gets 1, anything outside R gets 0), linear gain, log2(rank + 1) discount,
       normalized by the DCG of R itself (so raw-vs-raw scores 1.0).
-    Means over queries.
+    Means over queries; ``recall@k_ci95`` is the normal-approximation 95%
+    half-width of the recall mean (None for one query).
     """
     raw_topk, reduced_topk = _as_2d(raw_topk, "raw_topk"), _as_2d(reduced_topk, "reduced_topk")
     if raw_topk.shape[0] != reduced_topk.shape[0]:
@@ -212,8 +213,9 @@ def neighbour_fidelity(raw_topk: np.ndarray, reduced_topk: np.ndarray, k: int = 
         mrr.append(_reciprocal_rank(red, {raw[0]}))
         recall.append(len(set(raw) & set(red)) / len(raw))
         ndcg.append(_dcg([grade.get(d, 0) for d in red]) / _dcg([grade[d] for d in raw]))
+    half_width = 1.96 * float(np.std(recall, ddof=1) / np.sqrt(len(recall))) if len(recall) > 1 else None
     return {f"mrr@{k}": float(np.mean(mrr)), f"recall@{k}": float(np.mean(recall)),
-            f"ndcg@{k}": float(np.mean(ndcg)), "queries": len(mrr)}
+            f"recall@{k}_ci95": half_width, f"ndcg@{k}": float(np.mean(ndcg)), "queries": len(mrr)}
 
 
 def labelled_retrieval(rankings: Sequence[Sequence], qrels: Sequence[Mapping], k: int = 10) -> dict[str, float]:

@@ -50,19 +50,27 @@ def _frontier(report: dict) -> list[str]:
     if not section:
         return []
     held = "held-out" if section["held_out"] else "NOT held out (too few validation-split rows)"
-    lines = [f"## Quality per stored byte ({section['queries']} {held} queries, uniform over all "
-             f"{section['corpus_rows']:,} corpus vectors, the whole corpus searched)", "",
+    searched = (f"a seeded uniform sample of {section['searched_rows']:,} of the {section['corpus_rows']:,} "
+                "corpus vectors searched" if section.get("sampled") else
+                f"all {section['corpus_rows']:,} corpus vectors searched")
+    lines = [f"## Quality per stored byte ({section['queries']} {held} queries; {searched})", "",
              "The raw-512 exact top-10 of each query is the golden set; stored vectors are decoded, queries are "
-             "reduced but not quantized; two-stage rows re-rank the first representation's candidates.", "",
+             "reduced but not quantized; two-stage rows re-rank the first representation's candidates. recall@10 "
+             "± is the 95% confidence half-width over queries.", "",
              "| representation | bytes/vector | MRR@10 | recall@10 | nDCG@10 | STS fidelity | golden nDCG@10 "
              "| code us/vector | search ms/query |", "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(section["rows"], key=lambda r: (-r["bytes_per_vector"], r["name"])):
         marker = " **(chosen)**" if r["name"] == report.get("chosen") else ""
         lines.append(f"| {r['name']}{marker} | {r.get('bytes_detail', r['bytes_per_vector'])} | {_f(r['mrr@10'], 3)} "
-                     f"| {_f(r['recall@10'], 3)} | {_f(r['ndcg@10'], 3)} | {_f(r.get('sts_fidelity'))} "
+                     f"| {_recall(r)} | {_f(r['ndcg@10'], 3)} | {_f(r.get('sts_fidelity'))} "
                      f"| {_f(r.get('golden_ndcg@10'), 3)} | {_f(r.get('encode_us_per_vector'), 2)} "
                      f"| {_f(r.get('search_ms_per_query'), 2)} |")
     return lines + [""]
+
+
+def _recall(row: dict) -> str:
+    half = row.get("recall@10_ci95")
+    return _f(row["recall@10"], 3) + (f" ± {half:.3f}" if half is not None else "")
 
 
 def _golden(report: dict) -> list[str]:
