@@ -166,7 +166,9 @@ class PQCache:
 
 def pq_search(data: Data, codec: pq.PQCodec, codes: np.ndarray, metric: str | None = None,
               k: int = K) -> tuple[np.ndarray, float]:
-    index = pq.search_index(codec, codes, metric)
+    index = pq.search_index(codec, codes)
+    if metric:  # what the metric table compares: the same codes ranked by another ADC metric
+        (faiss.downcast_index(index.index) if codec.opq else index).metric_type = pq.METRICS[metric]
     (_, found), search_s = timed(lambda: index.search(data.corpus[data.queries], k + 1))
     return drop_self(found, data.queries, k), search_s
 

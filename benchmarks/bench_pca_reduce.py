@@ -52,12 +52,13 @@ ROUTES = {"numpy": "numpy (tf.data read + float64 x'x + eigh)",
 def write_shards(directory: Path, rows: int, dim: int, shards: int, seed: int) -> None:
     import tensorflow as tf
 
-    from core import artifacts, records
+    from core import manifests, records
+    from core.dataset import shard_entries
 
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    writers = [tf.io.TFRecordWriter(str(directory / f"data-{s:05d}-of-{shards:05d}.tfrecord"))
-               for s in range(shards)]
+    paths = [directory / f"data-{s:05d}-of-{shards:05d}.tfrecord" for s in range(shards)]
+    writers = [tf.io.TFRecordWriter(str(p)) for p in paths]
     for start in range(0, rows, 10_000):
         x = rng.normal(size=(min(10_000, rows - start), dim)).astype(np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -66,9 +67,10 @@ def write_shards(directory: Path, rows: int, dim: int, shards: int, seed: int) -
     for w in writers:
         w.close()
     records.write_schema(records.make_schema(dim), str(directory))
-    artifacts.write_manifest(str(directory), "embeddings", {
-        "dim": dim, "encoder": "random", "counts": {"embedded": rows}, "input_patterns": [],
-        "shards": artifacts.list_files(str(directory / "data-*")), "fingerprint": f"bench-{rows}-{seed}"})
+    manifests.write(str(directory), "embeddings", {
+        "dim": dim, "encoder": "random", "records": rows, "has_text": True,
+        "shards": shard_entries(str(directory), [str(p) for p in paths]), "fingerprint": f"bench-{rows}-{seed}"},
+        [p.name for p in paths] + [records.SCHEMA_FILE])
 
 
 def _dataset(data: Path, dim: int, batch: int = 1024):
@@ -140,14 +142,14 @@ def run_step(args: argparse.Namespace) -> None:
     if args.step == "numpy":
         info = step_numpy(data, args.dim, args.k)
     elif args.step == "fit":
-        m = fit_pca.run(["--input", str(data), "--output", str(work / "pca"), "--output_dim", str(args.k),
-                         "--overwrite"])
+        m = fit_pca.main(["--input", str(data), "--output", str(work / "pca"), "--output_dim", str(args.k),
+                          "--overwrite"])
         info = {"rows": m["rows_analyzed"]}
     elif args.step == "loop":
         info = step_loop(data, args.dim, work / "loop_out", work / "pca")
     else:
-        m = reduce_job.run(["--input", str(data), "--reducer", str(work / "pca"),
-                            "--output", str(work / "reduced"), "--overwrite"])
+        m = reduce_job.main(["--input", str(data), "--reducer", str(work / "pca"),
+                             "--output", str(work / "reduced"), "--overwrite"])
         info = {"rows": m["counts"]["written"]}
     info.update(seconds=time.monotonic() - start, peak_rss_mb=peak_rss_mb())
     print("RESULT " + json.dumps(info), flush=True)
@@ -198,7 +200,7 @@ def speed(args: argparse.Namespace, rows: int) -> tuple[list[str], list[str]]:
     """(table rows, findings) for one corpus size: every route, the fastest of ``--repeat`` runs."""
     data = Path(args.workdir) / "data"
     manifest = data / "manifest.json"
-    if not (manifest.exists() and json.loads(manifest.read_text())["counts"]["embedded"] == rows):
+    if not (manifest.exists() and json.loads(manifest.read_text()).get("records") == rows):
         start = time.monotonic()
         write_shards(data, rows, args.dim, args.shards, seed=0)
         print(f"wrote {rows} rows in {time.monotonic() - start:.1f}s", flush=True)

@@ -54,7 +54,8 @@ def write_dataset(directory: Path, rows: int, dim: int = 512, shards: int = 8, s
     records.write_schema(records.make_schema(dim), str(directory))
     manifests.write(str(directory), "embeddings", {
         "dim": dim, "encoder": "synthetic", "records": rows, "has_text": True,
-        "shards": shard_entries(str(directory), [str(p) for p in paths]), "fingerprint": f"bench-{rows}-{seed}"})
+        "shards": shard_entries(str(directory), [str(p) for p in paths]), "fingerprint": f"bench-{rows}-{seed}"},
+        [p.name for p in paths] + [records.SCHEMA_FILE])
 
 
 def steps(w: Path) -> list[tuple[str, list[str]]]:
