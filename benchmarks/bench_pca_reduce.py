@@ -41,36 +41,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import results  # noqa: E402
+import synthetic_dataset  # noqa: E402
 
 TITLE = "PCA fitting and reduce against plain loops"
 ROUTES = {"numpy": "numpy (tf.data read + float64 x'x + eigh)",
           "fit": "fit-pca (TFXIO + tft_beam.AnalyzeDataset)",
           "loop": "plain tf.data loop (read, parse, matmul, encode, write)",
           "reduce": "reduce -> TFRecord"}
-
-
-def write_shards(directory: Path, rows: int, dim: int, shards: int, seed: int) -> None:
-    import tensorflow as tf
-
-    from core import manifests, records
-    from core.dataset import shard_entries
-
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = [directory / f"data-{s:05d}-of-{shards:05d}.tfrecord" for s in range(shards)]
-    writers = [tf.io.TFRecordWriter(str(p)) for p in paths]
-    for start in range(0, rows, 10_000):
-        x = rng.normal(size=(min(10_000, rows - start), dim)).astype(np.float32)
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        for i, v in enumerate(x, start):
-            writers[i % shards].write(records.encode_example(f"r{i}", v, f"sentence {i}"))
-    for w in writers:
-        w.close()
-    records.write_schema(records.make_schema(dim), str(directory))
-    manifests.write(str(directory), "embeddings", {
-        "dim": dim, "encoder": "random", "records": rows, "has_text": True,
-        "shards": shard_entries(str(directory), [str(p) for p in paths]), "fingerprint": f"bench-{rows}-{seed}"},
-        [p.name for p in paths] + [records.SCHEMA_FILE])
 
 
 def _dataset(data: Path, dim: int, batch: int = 1024):
@@ -202,7 +179,7 @@ def speed(args: argparse.Namespace, rows: int) -> tuple[list[str], list[str]]:
     manifest = data / "manifest.json"
     if not (manifest.exists() and json.loads(manifest.read_text()).get("records") == rows):
         start = time.monotonic()
-        write_shards(data, rows, args.dim, args.shards, seed=0)
+        synthetic_dataset.write(data, rows, args.dim, args.shards)
         print(f"wrote {rows} rows in {time.monotonic() - start:.1f}s", flush=True)
     best = {}
     for _ in range(args.repeat):  # the fastest of --repeat runs: other load on the machine only slows

@@ -18,44 +18,15 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import results  # noqa: E402
+import synthetic_dataset  # noqa: E402
 from bench_scale import run_stage  # noqa: E402
 
 TITLE = "reduce with codecs, and memory against corpus size"
-
-
-def write_dataset(directory: Path, rows: int, dim: int = 512, shards: int = 8, seed: int = 0) -> None:
-    """Correlated unit-norm vectors (a low-rank structure plus noise, like sentence embeddings)."""
-    import tensorflow as tf
-
-    from core import manifests, records
-    from core.dataset import shard_entries
-
-    rng = np.random.default_rng(seed)
-    basis = rng.normal(size=(64, dim)) * np.linspace(3.0, 0.3, 64)[:, None]
-    directory.mkdir(parents=True)
-    paths = [directory / f"data-{s:05d}-of-{shards:05d}.tfrecord" for s in range(shards)]
-    writers = [tf.io.TFRecordWriter(str(p)) for p in paths]
-    for start in range(0, rows, 10_000):
-        n = min(10_000, rows - start)
-        x = rng.normal(size=(n, 64)) @ basis + 0.5 * rng.normal(size=(n, dim))
-        x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-        ids = [f"v{start + i:09d}" for i in range(n)]
-        for i, serialized in enumerate(records.encode_examples(ids, x, ids)):
-            writers[(start + i) % shards].write(serialized)
-    for w in writers:
-        w.close()
-    records.write_schema(records.make_schema(dim), str(directory))
-    manifests.write(str(directory), "embeddings", {
-        "dim": dim, "encoder": "synthetic", "records": rows, "has_text": True,
-        "shards": shard_entries(str(directory), [str(p) for p in paths]), "fingerprint": f"bench-{rows}-{seed}"},
-        [p.name for p in paths] + [records.SCHEMA_FILE])
 
 
 def steps(w: Path) -> list[tuple[str, list[str]]]:
@@ -76,7 +47,7 @@ def steps(w: Path) -> list[tuple[str, list[str]]]:
 
 def measure(rows: int, workdir: Path) -> dict:
     shutil.rmtree(workdir, ignore_errors=True)
-    write_dataset(workdir / "emb", rows)
+    synthetic_dataset.write(workdir / "emb", rows, make=synthetic_dataset.low_rank)
     return {name: run_stage(name.replace(" ", "_").replace("/", "_"), cmd, workdir) for name, cmd in steps(workdir)}
 
 
