@@ -1,14 +1,11 @@
-"""Jobs (one module per `shrink` command) and the libraries they share (``common``, ``evaluation``).
+"""Commands: ``cli`` and one module per ``shrink`` command, built on ``transforms``, ``trainer`` and ``core``.
 
-OpenMP threads (faiss) wait passively: spinning threads made product-quantization
-training up to 40x slower whenever other processes share the cores (measured).
 ``python -m pipelines.<job>`` sets up the logs here, before the job module
 imports TensorFlow (Python sets ``sys.argv[0]`` to "-m" while it finds the module).
 """
-import os
 import sys
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import core  # noqa: F401 - sets the OpenMP wait policy before anything loads faiss
 
 if sys.argv[:1] == ["-m"]:
     from core import logs

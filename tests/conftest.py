@@ -1,10 +1,10 @@
-"""Shared fixtures, one core per test worker, and a trustworthy exit code for the whole suite.
+"""Shared fixtures, and a trustworthy exit code for the whole suite.
 
-Under pytest-xdist each worker process is pinned to its own share of the
-cores before anything starts a thread pool: BLAS, OpenMP (faiss) and
-TensorFlow size their pools from the affinity mask, and two workers whose
-pools each span both cores of this machine spend much of their time waiting
-on each other.
+Test workers share this machine's cores: ``import core`` first, which sets
+OpenMP's passive wait policy that test modules importing faiss before the
+library would otherwise miss, and under pytest-xdist one BLAS thread per
+worker. Spinning BLAS/OpenMP threads in one worker were seen to make a Beam
+job in the other worker, whose threads hand work to each other, 10-40x slower.
 
 Processes that ran a tf.Transform pipeline can segfault at interpreter exit
 (exit code 139) after every test passed. pytest has printed its summary by
@@ -19,17 +19,10 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import core  # noqa: F401,E402 - before any test module loads faiss
 
-def _pin_xdist_worker() -> None:
-    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if not worker.startswith("gw") or not hasattr(os, "sched_setaffinity"):
-        return
-    cores = sorted(os.sched_getaffinity(0))
-    if count > 1 and len(cores) >= count:
-        os.sched_setaffinity(0, cores[int(worker[2:]) % count::count])
-
-
-_pin_xdist_worker()
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 _EXIT = {"status": 0}
 
