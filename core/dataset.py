@@ -163,7 +163,7 @@ def _tfrecord_batches(dataset: EmbeddingDataset, shard: str, batch_size: int, wi
     metadata = with_text and dataset.has_metadata
     spec = records.feature_spec(dataset.dim, with_text, dataset.codes, metadata)
     try:
-        for batch in tf.data.TFRecordDataset(shard).batch(batch_size):
+        for batch in records.without_autotune(tf.data.TFRecordDataset(shard).batch(batch_size)):
             parsed = tf.io.parse_example(batch, spec)
             out = {"id": [b.decode("utf-8") for b in parsed[records.ID].numpy()]}
             if dataset.codes:

@@ -59,6 +59,13 @@ def test_split_is_disjoint_complete_and_reproducible(dataset):
     assert data.verify(source, 200).validation == len(val)  # what the trainer logs before training
 
 
+def test_input_pipelines_run_without_the_autotuner(dataset):
+    """Its per-iterator thread held each finished epoch's iterator for up to a minute (see records)."""
+    source = open_all([dataset])
+    for ds in (data.make_dataset(source, 50), data.make_dataset(source, 50, validation=True, repeat=True)):
+        assert ds.options().autotune.enabled is False
+
+
 def test_a_directory_without_manifest_is_not_a_dataset(tmp_path):
     with pytest.raises(ArtifactError, match="no manifest.json"):
         open_all([str(tmp_path)])

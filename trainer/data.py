@@ -7,7 +7,7 @@ record count against the manifests and finds vectors holding NaN/Inf, which
 NaN). Shards are interleaved, parsed in batches, split into train/validation
 by a stable hash of each record's ``id`` (the same record always lands on
 the same side, on every run and every machine), shuffled, batched and
-prefetched.
+prefetched, with tf.data's autotuner off (``records.without_autotune``).
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def verify(datasets: list[EmbeddingDataset], val_permille: int = 0) -> Verified:
         read = 0
         for shard in dataset.shards:
             try:
-                for batch in tf.data.TFRecordDataset(shard).batch(8192):
+                for batch in records.without_autotune(tf.data.TFRecordDataset(shard).batch(8192)):
                     parsed = tf.io.parse_example(batch, records.feature_spec(dataset.dim, with_text=False))
                     finite = tf.reduce_all(tf.math.is_finite(parsed[records.EMBEDDING]), axis=1)
                     bad += [b.decode("utf-8") for b in tf.boolean_mask(parsed[records.ID], ~finite).numpy()]
@@ -99,4 +99,4 @@ def make_dataset(datasets: list[EmbeddingDataset], batch_size: int, *, validatio
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return records.without_autotune(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
