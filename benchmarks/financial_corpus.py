@@ -15,7 +15,7 @@ from core.textnorm import normalize
 # A kept sentence has at least this many words (whitespace tokens containing a
 # letter): shorter fragments ("Reuter", "Nine mths", "$AAPL 12 %") carry little meaning.
 MIN_WORDS = 4
-_WORD = re.compile(r"[^\W\d_]")  # a letter in any script
+_WORD_TOKEN = re.compile(r"[^\W\d_][^ ]*")  # a token's first letter (in any script) to its end: one per word
 _URL = re.compile(r"https?://\S+")
 # Abbreviations whose trailing period does not end a sentence (financial news style).
 _ABBREVIATIONS = frozenset("""mr mrs ms dr prof st mt ft co corp inc ltd plc bros jr sr vs no nos
@@ -157,7 +157,7 @@ FINANCIAL_SOURCES = {
 
 
 def _keep(sentence: str, min_words: int) -> bool:
-    return sum(1 for token in sentence.split(" ") if _WORD.search(token)) >= min_words
+    return len(_WORD_TOKEN.findall(sentence)) >= min_words
 
 
 def financial_corpus_with_counts(data_dir: str | os.PathLike,

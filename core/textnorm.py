@@ -24,6 +24,12 @@ _SPACES = re.compile(r"\s+")
 
 
 def normalize(text: str) -> str:
+    if text.isascii() and text.isprintable():  # most text: its only whitespace is " ", NFC changes nothing
+        return " ".join(text.split())
+    return _normalize_any(text)
+
+
+def _normalize_any(text: str) -> str:
     text = unicodedata.normalize("NFC", text)
     text = _CONTROL.sub(" ", text)
     text = _SPACES.sub(" ", text).strip()

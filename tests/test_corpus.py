@@ -9,17 +9,20 @@ from __future__ import annotations
 import bz2
 import gzip
 import json
+import string
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from core import deadletter as dl
+from core import textnorm
 from core.errors import InputError
 from core.textnorm import normalize, text_id
 from transforms.corpus import DEAD, ReadCorpus
@@ -263,6 +266,14 @@ def test_flag_and_compression_errors(tmp_path):
     (tmp_path / "c.txt.deflate").write_bytes(b"x")
     with pytest.raises(InputError, match=r"c\.txt\.deflate: \.deflate compression is not supported"):
         read_corpus(tmp_path, [str(tmp_path / "c.*")])
+
+
+def test_the_printable_ascii_shortcut_normalizes_like_the_general_rule():
+    rng = np.random.default_rng(0)
+    alphabet = np.array(list(string.printable[:95]) + [" "] * 20)  # printable ASCII, spaces often in runs
+    texts = ["", " ", "  a  b  ", *("".join(rng.choice(alphabet, rng.integers(0, 60))) for _ in range(3000))]
+    assert all(t.isascii() and t.isprintable() for t in texts)
+    assert [normalize(t) for t in texts] == [textnorm._normalize_any(t) for t in texts]
 
 
 def test_normalize_treats_format_characters_alone_as_empty():
