@@ -43,3 +43,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"public evaluation data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def in_tmp_cwd(tmp_path, monkeypatch):
+    """Run in an empty current directory, so that a ``ram://`` path leaked to local file operations (a literal
+    ``ram:`` folder) is seen."""
+    monkeypatch.chdir(tmp_path)
+    yield
+    assert not os.path.exists("ram:"), "a ram:// path was written with local file operations"

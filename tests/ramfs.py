@@ -19,6 +19,14 @@ PREFIX = "ram://"
 _tf_rename = file_io.rename_v2
 
 
+def copy_tree_to_ram(local, url: str) -> None:
+    """Copy the text files under the local directory ``local`` to ``url`` (a ram:// directory)."""
+    for path in local.rglob("*"):
+        if path.is_file():
+            with gfile.GFile(f"{url}/{path.relative_to(local).as_posix()}", "w") as f:
+                f.write(path.read_text(encoding="utf-8"))
+
+
 def _rename(src: str, dst: str, overwrite: bool = False) -> None:
     """``tf.io.gfile.rename``, moving a ram:// directory with everything in it.
 

@@ -1,4 +1,5 @@
-"""``shrink run`` end to end on a few hundred sentences, and step skipping on re-runs."""
+"""``shrink run`` end to end on a few hundred sentences (on a local and a ``ram://`` work directory), and step
+skipping on re-runs."""
 from __future__ import annotations
 
 import json
@@ -6,11 +7,16 @@ import shutil
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
+from core import files
 from core.errors import ArtifactError, InputError
-from pipelines import run, sample_corpus
+from pipelines import evaluate, run, sample_corpus
 from tests.fixtures import read_records, write_linear_reducer
 from tests.hub_models import save_text_encoder
+from tests.ramfs import copy_tree_to_ram  # registers ram:// with Beam
+
+gfile = tf.io.gfile
 
 
 def _golden_set(directory, sentences):
@@ -34,17 +40,25 @@ def corpus(tmp_path):
     return path
 
 
-def test_run_end_to_end_then_skip_and_redo(tmp_path, corpus, shared_data):
+def test_run_end_to_end_on_a_url_workdir_then_skip_redo_and_grow(tmp_path, shared_data, in_tmp_cwd):
+    """The whole flow with its work directory on ``ram://`` (gs:// or s3:// for Beam and tf.io.gfile)."""
+    sentences = sample_corpus.generate(440, seed=3)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(sentences[:400]) + "\n")
     hub = save_text_encoder(str(tmp_path / "hub"), 512)
     golden = _golden_set(tmp_path / "golden", sample_corpus.generate(40, seed=9))
-    work = tmp_path / "work"
-    argv = ["--input", str(corpus), "--workdir", str(work), "--encoder", f"tfhub:{hub}", "--epochs", "2",
+    work = f"ram://{tmp_path.name}/work"
+    argv = ["--input", str(corpus), "--workdir", work, "--encoder", f"tfhub:{hub}", "--epochs", "2",
             "--queries", "50", "--sts_dir", str(shared_data / "stsbenchmark"), "--golden_set", str(golden),
             "--train.batch_size=32"]
     first = run.main(argv)
     assert first["steps_run"] == ["embed", "fit-pca", "train", "fit-raw-int8", "evaluate", "reduce"]
 
-    report = json.loads((work / "report" / "report.json").read_text())
+    for name in ("run_manifest.json", "report/report.md", "report/sts_scatter.png", "report/frontier.png",
+                 "pca/manifest.json", "autoencoder/model.keras", "autoencoder/head/saved_model.pb",
+                 "autoencoder/train/history.csv", "reduced/manifest.json"):
+        assert gfile.stat(f"{work}/{name}").length > 0, name
+    report = _json(f"{work}/report/report.json")
     assert not report["skipped"], report["skipped"]
     expected = {"raw", "raw/float16", "pca-128", "pca-128/float16", "autoencoder-128", "raw-512/int8"}
     for section in ("sts", "golden_set"):
@@ -52,34 +66,55 @@ def test_run_end_to_end_then_skip_and_redo(tmp_path, corpus, shared_data):
     rows = {r["name"]: r for r in report["frontier"]["rows"]}
     assert set(rows) >= expected and rows["raw"]["recall@10"] == 1.0 and rows["raw-512/int8"]["bytes_per_vector"] == 512
     assert report["best_reducer"] in ("pca-128", "autoencoder-128") and report["chosen"] == report["best_reducer"]
-    assert (work / "report" / "sts_scatter.png").stat().st_size > 0 and (work / "report" / "frontier.png").exists()
-    md = (work / "report" / "report.md").read_text()
+    assert report["best_reducer_path"] == first["reducer"] and first["reducer"].startswith(work)
+    md = gfile.GFile(f"{work}/report/report.md").read()
     for title in ("STS benchmark", "Quality per stored byte", "Labelled retrieval"):
         assert title in md
-    reduced = read_records(work / "reduced")
+    reduced = read_records(f"{work}/reduced")
     assert len(reduced) == 400 and reduced[0]["embedding"].shape == (128,)
+    trained = _json(f"{work}/autoencoder/manifest.json")
+    assert trained["source"]["directory"] == f"{work}/embeddings"  # a URL is not made "absolute" locally
 
     assert run.main(argv)["steps_run"] == []  # nothing changed: every step skipped
     again = run.main(argv + ["--format", "parquet"])  # only the last step's parameters changed
-    assert again["steps_run"] == ["reduce"]
+    assert again["steps_run"] == ["reduce"] and gfile.glob(f"{work}/reduced/*.parquet")
 
     questions = tmp_path / "questions.txt"
     questions.write_text("".join(f"What did {s.split()[0]} report?\n" for s in sample_corpus.generate(30, seed=4)))
     aware = argv + ["--format", "parquet", "--query_sample", str(questions), "--query_share", "0.25"]
     # the queries are embedded and PCA refitted with them; what depends on PCA is redone
     assert run.main(aware)["steps_run"][:3] == ["embed-queries", "fit-pca", "evaluate"]
-    pca = json.loads((work / "pca" / "manifest.json").read_text())
-    queries = json.loads((work / "query_embeddings" / "manifest.json").read_text())
+    pca, queries = _json(f"{work}/pca/manifest.json"), _json(f"{work}/query_embeddings/manifest.json")
     assert pca["query_input"][0] == queries["digest"] and pca["query_share"] == 0.25
     assert pca["rows_analyzed"] > 400
     assert run.main(aware)["steps_run"] == []
 
-    mine = [work / d / "my-notes.txt" for d in ("embeddings", "pca", "autoencoder", "reduced")]
+    mine = [f"{work}/{d}/my-notes.txt" for d in ("embeddings", "pca", "autoencoder", "reduced")]
     for path in mine:
-        path.write_text("not the tool's")
+        files.write_text(path, "not the tool's")
     forced = run.main(aware + ["--force"])
     assert {"embed", "fit-pca", "train", "fit-raw-int8", "evaluate", "reduce"} <= set(forced["steps_run"])
-    assert all(path.read_text() == "not the tool's" for path in mine)
+    assert all(files.read_text(path) == "not the tool's" for path in mine)
+
+    corpus.write_text("\n".join(sentences) + "\n")  # the corpus grew by 40 sentences
+    grown = run.main(aware + ["--incremental"])
+    assert grown["steps_run"] == ["embed-0001", "reduce-0001"] and grown["new_vectors"] == 40
+    assert gfile.exists(f"{work}/increments/0001/drift.json")
+    assert run.main(aware + ["--incremental"])["new_vectors"] == 0
+    assert not gfile.exists(f"{work}/increments/0002")  # the empty increment was deleted
+
+    out = f"{work}/evaluate-pca"  # `shrink evaluate` alone, everything on ram://, STS files too
+    copy_tree_to_ram(shared_data / "stsbenchmark", f"{work}/sts")
+    alone = evaluate.main(["--embeddings", f"{work}/embeddings", "--reducer", f"{work}/pca", "--output", out,
+                          "--queries", "20", "--sts_dir", f"{work}/sts"])
+    assert alone["figures"] == ["sts_scatter.png", "frontier.png"]
+    for name in ("report.json", "report.md", *alone["figures"]):
+        assert gfile.stat(f"{out}/{name}").length > 0, name
+    assert _json(f"{out}/report.json")["sts"]["pairs"] == 1379
+
+
+def _json(url: str) -> dict:
+    return json.loads(gfile.GFile(url).read())
 
 
 def test_incremental_runs_extend_the_corpus_and_refit_on_drift(tmp_path):
