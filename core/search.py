@@ -3,7 +3,8 @@
 Search is exact over what is stored, with faiss: dense rows (float32,
 float16, int8 codes) are decoded to unit vectors in an inner-product index,
 so scores are cosines; PQ codes go into faiss's asymmetric-distance index as
-stored (a raw query against the codes; scores are negative squared L2).
+stored (a raw query against the codes; scores are negative squared L2, or
+inner products for a codec fitted with that metric).
 Queries are reduced, never quantized. A corpus too large for one index is
 searched in chunks whose results merge exactly (``metrics.TopK``: ties go to
 the lower row). ``rerank`` is the second stage of two-stage search: a first
@@ -37,7 +38,13 @@ def build_index(representation, stored: np.ndarray) -> faiss.Index:
     return index
 
 
-def _ranked(index: faiss.Index, queries: np.ndarray, k: int, dense: bool) -> tuple[np.ndarray, np.ndarray]:
+def _higher_is_better(index: faiss.Index) -> bool:
+    """Whether the index scores by similarity (inner product) rather than distance (L2)."""
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
+    return inner.metric_type == faiss.METRIC_INNER_PRODUCT
+
+
+def _ranked(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(rows, scores) holding every row of faiss's top ``k`` and all rows tied with the k-th, higher better.
 
     faiss keeps an arbitrary one of several rows tied at the k-th place; asking for more until the last
@@ -48,7 +55,7 @@ def _ranked(index: faiss.Index, queries: np.ndarray, k: int, dense: bool) -> tup
     while True:
         scores, rows = index.search(queries, wanted) if wanted else (np.zeros((len(queries), 0)),
                                                                      np.zeros((len(queries), 0), np.int64))
-        scores = scores if dense else -scores
+        scores = scores if _higher_is_better(index) else -scores
         if wanted <= k or wanted >= index.ntotal or (scores[:, -1] < scores[:, k - 1]).all():
             return rows.astype(np.int64), np.where(rows >= 0, scores, -np.inf).astype(np.float32)
         wanted = min(2 * wanted, index.ntotal)
@@ -71,8 +78,7 @@ class Search:
     def add(self, stored: np.ndarray, offset: int) -> None:
         start = time.perf_counter()
         extra = 0 if self.exclude is None else 1
-        rows, scores = _ranked(build_index(self.representation, stored), self.queries, self.k + extra,
-                               self.representation.dense)
+        rows, scores = _ranked(build_index(self.representation, stored), self.queries, self.k + extra)
         rows = np.where(rows >= 0, rows + offset, -1)
         if self.exclude is not None:
             hit = rows == np.asarray(self.exclude)[:, None]

@@ -56,19 +56,21 @@ def test_fewer_rows_than_k_are_padded_and_groups_rank_within_themselves():
     assert np.isneginf(scores[0, 2])
 
 
-def test_pq_codes_are_searched_asymmetrically_as_stored():
+@pytest.mark.parametrize("metric, opq", [("l2", False), ("ip", False), ("ip", True)])
+def test_pq_codes_are_searched_asymmetrically_as_stored(metric, opq):
     rng = np.random.default_rng(2)
     x = rng.normal(size=(2000, 32)).astype(np.float32)
-    codec = train_pq(x, 8, opq=False, seed=0)
+    codec = train_pq(x, 8, opq=opq, seed=0, metric=metric, opq_niter=5)
     rep = codecs.Representation("pq-8", "pq", "pq", 8, None, codec)
     stored = rep.encode(x)
     queries = x[:5] + 0.01
     rows, scores = search.search(rep, stored, queries, 10, chunk_rows=333)
     decoded = codec.decode(stored)
-    distances = ((queries[:, None, :] - decoded[None]) ** 2).sum(-1)
-    expected = np.argsort(distances, axis=1, kind="stable")[:, :10]
+    # higher is better: minus squared L2, or the inner product for an inner-product codec
+    similarity = queries @ decoded.T if metric == "ip" else -((queries[:, None, :] - decoded[None]) ** 2).sum(-1)
+    expected = np.argsort(-similarity, axis=1, kind="stable")[:, :10]
     assert (rows == expected).mean() > 0.95  # float rounding may swap near-ties
-    np.testing.assert_allclose(-scores[:, 0], distances[np.arange(5), rows[:, 0]], rtol=1e-4)
+    np.testing.assert_allclose(scores[:, 0], similarity[np.arange(5), rows[:, 0]], rtol=1e-4)
 
 
 def test_rerank_orders_candidates_by_cosine_and_fetches_each_once():
