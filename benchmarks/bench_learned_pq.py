@@ -31,10 +31,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import bench_codecs as bc  # noqa: E402
 import embedding_cache  # noqa: E402
 import faiss  # noqa: E402
-import learned_pq  # noqa: E402
 import results  # noqa: E402
 
-from core import codecs, pq, search  # noqa: E402
+from core import codecs, learned_pq, pq, search  # noqa: E402
 
 TITLE = "Learned PQ: ranking distillation against OPQ"
 ABLATION = {  # name -> (schedule change, start from plain PQ instead of OPQ)

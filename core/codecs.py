@@ -31,6 +31,7 @@ KIND = "codec"
 PQ_INDEX = "index.faiss"
 RANGES = "codec.npz"
 CODE_KINDS = ("int8", "pq")
+LEARNED_PQ = "learned-pq"  # the family of a PQ codec fine-tuned by ranking distillation (core/learned_pq.py)
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Representation:
     """One way to store vectors: ``name`` like ``pca-128/int8`` or ``pq-64``, and its byte cost."""
 
     name: str
-    family: str  # raw, pca, autoencoder (dense) or pq
+    family: str  # raw, pca, autoencoder (dense), pq or learned-pq
     precision: str  # float32, float16, int8 or pq
     bytes_per_vector: int
     reducer: object | None = None  # dense: callable [n, 512] -> [n, k]
@@ -99,7 +100,8 @@ class Representation:
 
 
 def name_of(family: str, dim: int, precision: str) -> str:
-    return f"pq-{dim}" if precision == "pq" else f"{family}-{dim}/{precision}"
+    """``pq-64``, ``learned-pq-64`` (codes: ``dim`` is bytes) or ``pca-128/int8``."""
+    return f"{family}-{dim}" if precision == "pq" else f"{family}-{dim}/{precision}"
 
 
 def dense(reducer, family: str, precision: str, codec=None, artifact: str | None = None,
@@ -116,8 +118,9 @@ def load(path: str, input_dim: int | None = None) -> Representation:
     manifest = manifests.read(path, KIND, verify="full")
     if manifest.get("codec") == "pq":
         codec = load_pq(path, manifest["input_dim"], manifest["bytes_per_vector"])
-        return Representation(name_of("pq", codec.code_size, "pq"), "pq", "pq", codec.code_size, None, codec, path,
-                              manifest["digest"])
+        family = LEARNED_PQ if manifest.get("family") == LEARNED_PQ else "pq"
+        return Representation(name_of(family, codec.code_size, "pq"), family, "pq", codec.code_size, None, codec,
+                              path, manifest["digest"])
     if manifest.get("codec") != "int8":
         raise ArtifactError(f"{path}: unknown codec {manifest.get('codec')!r}; expected one of {CODE_KINDS}")
     if manifest.get("head") is None:

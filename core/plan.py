@@ -115,5 +115,5 @@ class RunState:
         summary = {k: manifest[k] for k in ("records", "rows_analyzed", "epochs_run") if k in manifest}
         self.record(step, seconds, summary)
         detail = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in summary.items())
-        print(f"  {step.name:<14} {seconds:7.1f} s  {detail:<28} -> {step.output}", flush=True)
+        print(f"  {step.name:<20} {seconds:7.1f} s  {detail:<28} -> {step.output}", flush=True)
         return True

@@ -188,6 +188,10 @@ def run(config: ExportConfig, options: PipelineOptions) -> dict:
     check(config, dataset)
     rep = representation_of(dataset.directory, dataset.manifest)
     half = config.halfvec if config.halfvec is not None else rep.precision == "float16"
+    if rep.precision == "pq" and rep.codec.metric != "l2":
+        raise InputError(f"{config.input} is stored as {rep.name}, whose codes are searched by inner product; the "
+                         "exports serve L2 (PQ) and cosine (dense) only: export a dataset written in another "
+                         "representation")
     metric = "l2" if rep.precision == "pq" else "cosine"
     settings = {"format": config.format, "restrict_field": config.restrict_field, "halfvec": half,
                 "numeric_restrict_field": config.numeric_restrict_field, "crowding_field": config.crowding_field}

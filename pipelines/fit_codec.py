@@ -3,6 +3,7 @@
     shrink fit-codec --input out/emb --output out/raw-int8 --codec int8                     # raw 512-d, 512 B
     shrink fit-codec --input out/emb --output out/pca-int8 --codec int8 --reducer out/pca   # PCA-128, 128 B
     shrink fit-codec --input out/emb --output out/pq64 --codec pq --m 64                    # OPQ + PQ, 64 B
+    shrink fit-codec --input out/emb --output out/lpq64 --codec pq --m 64 --fine_tune_steps 400  # learned PQ
 
 int8: the reducer's outputs (``--reducer``, default ``identity``: the raw
 vectors) are calibrated per dimension with tf.Transform analyzers
@@ -13,6 +14,10 @@ clipped (and counted) when coding. The artifact's ``head/`` SavedModel has
 pq: faiss OPQ + PQ (``--m`` sub-quantizers of 8 bits = ``m`` bytes per
 vector) trained on a seeded sample of ``--sample_count`` rows (default
 {sample}, see benchmarks/RESULTS.md), never the whole corpus in memory.
+With ``--fine_tune_steps``, the OPQ rotation and codebooks are then
+fine-tuned on the same sample to keep rankings rather than reconstruct
+vectors (learned PQ, ``core/learned_pq.py``), and the codec scores by inner
+product.
 Reads exactly the shards the input manifests list; writes ``manifest.json`` last.
 """
 from __future__ import annotations
@@ -55,6 +60,8 @@ class FitCodecConfig:
     extra_input: tuple[str, ...] = option((), "more embedding datasets to fit on")
     m: int = option(64, "pq: bytes per vector (sub-quantizers of 8 bits); must divide the dimension")
     opq: bool = option(True, "pq: learn an OPQ rotation first (better recall, slower training)")
+    fine_tune_steps: int = option(0, "pq: then fine-tune rotation and codebooks this many steps by label-free "
+                                     "ranking distillation (learned PQ; 400 measured, see docs/fit-codec.md)")
     sample_count: int | None = option(None, f"rows to fit on, a seeded uniform sample (pq default "
                                             f"{DEFAULT_PQ_SAMPLE:,}; int8: all rows)")
     seed: int = option(0, "sampling and training seed")
@@ -91,7 +98,8 @@ def build(p: beam.Pipeline, datasets: list[EmbeddingDataset], config: FitCodecCo
         _ = (rows["vectors"]
              | "Gather" >> beam.combiners.ToList()
              | "TrainPQ" >> beam.ParDo(codec_fitting.TrainPQ(files.join(config.output, codecs.PQ_INDEX), dim,
-                                                              config.m, config.opq, config.seed, NAMESPACE)))
+                                                              config.m, config.opq, config.seed, NAMESPACE,
+                                                              config.fine_tune_steps)))
         return
     _ = (rows["vectors"]
          | "Reduce" >> beam.ParDo(codec_fitting.Reduce(config.reducer, dim, reducer.digest))
@@ -114,6 +122,8 @@ def run(config: FitCodecConfig, options: PipelineOptions) -> dict:
     reducer = codecs.load_reducer(config.reducer, datasets[0].dim)
     if config.codec == "pq" and (config.m < 1 or datasets[0].dim % config.m):
         raise InputError(f"--m must divide the vector dimension {datasets[0].dim}, got {config.m}")
+    if config.fine_tune_steps < 0 or (config.fine_tune_steps and config.codec != "pq"):
+        raise InputError("--fine_tune_steps is a step count (>= 0) for --codec pq")
     fraction = sample_fraction(config, sum(d.records for d in datasets))
     params = {**config.params(), "inputs": [d.digest for d in datasets], "reducer_digest": reducer.digest,
               "sample_fraction": fraction}
@@ -141,7 +151,8 @@ def _finish(config: FitCodecConfig, reducer, input_dim: int, counts: dict, temp_
     family = codecs.family_of(reducer)
     if config.codec == "pq":
         codec = codecs.load_pq(config.output, input_dim)
-        return {"codec": "pq", "family": "pq", "name": codecs.name_of("pq", codec.code_size, "pq"),
+        family = codecs.LEARNED_PQ if config.fine_tune_steps else "pq"
+        return {"codec": "pq", "family": family, "name": codecs.name_of(family, codec.code_size, "pq"),
                 "input_dim": input_dim, "dim": input_dim, "m": codec.m, "nbits": codec.nbits, "metric": codec.metric,
                 "opq_trained": codec.opq,
                 "bytes_per_vector": codec.code_size, "sample_rows": counts.get("sample_rows", 0),

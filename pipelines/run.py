@@ -7,7 +7,8 @@
 
 Steps, each writing into ``--workdir``: embed -> fit-pca and train ->
 fit-codec (int8 of the raw vectors; with ``--budget_bytes`` also the int8 and
-product-quantization codecs that can fit) -> evaluate -> reduce. Without a
+product-quantization codecs that can fit, and learned PQ with
+``--learned_pq_steps``) -> evaluate -> reduce. Without a
 budget the corpus is written with the better reducer (or ``--reducer``) as
 ``--dtype``, and the report says what the same bytes would buy; with
 ``--budget_bytes B`` it is written in the representation with the highest
@@ -71,8 +72,8 @@ STEPS = {
     "pca": (fit_pca.FitPcaConfig, ("input", "output", "extra_input", "query_input", "query_share", "temp_dir",
                                    "overwrite"), ()),
     "train": (train.TrainConfig, ("input", "output", "extra_input", "overwrite"), ("epochs",)),
-    "codec": (fit_codec.FitCodecConfig, ("input", "output", "extra_input", "codec", "reducer", "m", "temp_dir",
-                                         "overwrite"), ()),
+    "codec": (fit_codec.FitCodecConfig, ("input", "output", "extra_input", "codec", "reducer", "m",
+                                         "fine_tune_steps", "temp_dir", "overwrite"), ()),
     "evaluate": (evaluate.EvaluateConfig, ("embeddings", "reducer", "codec", "output", "budget_bytes", "overwrite"),
                  ("sts_dir", "download", "golden_set", "queries")),
     "reduce": (reduce.ReduceConfig, ("reducer", "output", "input", "text_input", "dtype", "overwrite",
@@ -97,6 +98,9 @@ class RunConfig:
     budget_bytes: int | None = option(None, "write the corpus in the best representation of at most this many "
                                             "bytes per vector (int8, float16/32 of raw, PCA or autoencoder vectors, "
                                             "PQ codes, two-stage)")
+    learned_pq_steps: int = option(0, "with --budget_bytes: also fit learned PQ at the budget's PQ size (OPQ "
+                                      "fine-tuned this many steps to keep rankings; 400 measured), chosen only "
+                                      "when it measures better")
     query_sample: tuple[str, ...] = option((), "file pattern of sample queries the corpus will serve, e.g. "
                                                "questions (repeatable; read with --text_field, format by "
                                                "extension): PCA is fitted on them too (query-aware)")
@@ -223,15 +227,19 @@ class Flow:
     def fit_codecs(self) -> list[str]:
         """Codec artifacts to evaluate (relative paths): raw int8 always; within a budget, what can fit it."""
         c, data = self.config, [self.path(d) for d in self.datasets()]
-        wanted = [("raw-int8", "int8", reducers.IDENTITY, fit_codec.FitCodecConfig.m)]
+        wanted = [("raw-int8", "int8", reducers.IDENTITY, fit_codec.FitCodecConfig.m, 0)]
         if c.budget_bytes is not None:
             if c.budget_bytes >= c.output_dim:
-                wanted += [(f"{n}-int8", "int8", self.path(n), fit_codec.FitCodecConfig.m)
+                wanted += [(f"{n}-int8", "int8", self.path(n), fit_codec.FitCodecConfig.m, 0)
                            for n in ("pca", "autoencoder")]
-            wanted += [(f"pq-{m}", "pq", reducers.IDENTITY, m) for m in pq_sizes(c.budget_bytes)]
-        for name, kind, reducer, m in wanted:
+            for m in pq_sizes(c.budget_bytes):
+                wanted += [(f"pq-{m}", "pq", reducers.IDENTITY, m, 0)] + (
+                    [(f"{codecs.LEARNED_PQ}-{m}", "pq", reducers.IDENTITY, m, c.learned_pq_steps)]
+                    if c.learned_pq_steps else [])
+        for name, kind, reducer, m, steps in wanted:
             config = c.step("codec", input=data[0], extra_input=tuple(data[1:]), output=self.path("codecs", name),
-                            codec=kind, reducer=reducer, m=m, temp_dir=self.path("tmp"), overwrite=True)
+                            codec=kind, reducer=reducer, m=m, fine_tune_steps=steps, temp_dir=self.path("tmp"),
+                            overwrite=True)
             inputs = [manifests.identity(d) for d in data] + (
                 [manifests.identity(reducer)] if reducer != reducers.IDENTITY else [])
             self.execute(f"fit-{name}", f"codecs/{name}", config, inputs,

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from core import files
 from core.errors import ArtifactError, InputError
-from pipelines import evaluate, run, sample_corpus
+from pipelines import evaluate, export, reduce, run, sample_corpus
 from tests.fixtures import read_records, write_linear_reducer
 from tests.hub_models import save_text_encoder
 from tests.ramfs import copy_tree_to_ram  # registers ram:// with Beam
@@ -190,17 +190,27 @@ def test_budget_picks_the_best_representation_that_fits_and_writes_it(tmp_path, 
     hub = save_text_encoder(str(tmp_path / "hub"), 512)
     work = tmp_path / "work"
     argv = ["--input", str(corpus), "--workdir", str(work), "--encoder", f"tfhub:{hub}", "--epochs", "1",
-            "--queries", "30", "--no-download", "--budget_bytes", "16", "--output_dim", "16"]
+            "--queries", "30", "--no-download", "--budget_bytes", "16", "--output_dim", "16",
+            "--learned_pq_steps", "20"]
     summary = run.main(argv)
-    assert {"fit-pq-16", "fit-pca-int8", "fit-autoencoder-int8"} <= set(summary["steps_run"])
+    assert {"fit-pq-16", "fit-learned-pq-16", "fit-pca-int8", "fit-autoencoder-int8"} <= set(summary["steps_run"])
     report = json.loads((work / "report" / "report.json").read_text())
-    fits = [r for r in report["frontier"]["rows"] if r["bytes_per_vector"] <= 16]
-    assert {r["name"] for r in fits} >= {"pq-16", "pca-16/int8", "autoencoder-16/int8"}
-    best = max(r["recall@10"] for r in fits)
-    chosen = next(r for r in fits if r["name"] == report["chosen"])
-    assert chosen["recall@10"] == best and summary["representation"]["name"] == report["chosen"]
+    fits = {r["name"]: r for r in report["frontier"]["rows"] if r["bytes_per_vector"] <= 16}
+    assert set(fits) >= {"pq-16", "learned-pq-16", "pca-16/int8", "autoencoder-16/int8"}
+    best = max(r["recall@10"] for r in fits.values())
+    assert fits[report["chosen"]]["recall@10"] == best and summary["representation"]["name"] == report["chosen"]
     written = read_records(work / "reduced")
     assert len(written) == 400 and summary["representation"]["bytes_per_vector"] <= 16
+
+    learned = json.loads((work / "codecs" / "learned-pq-16" / "manifest.json").read_text())
+    assert learned["family"] == "learned-pq" and learned["metric"] == "ip" and learned["fine_tune_steps"] == 20
+    # searched by similarity, not as a distance: it finds about what the OPQ codec it started from finds
+    assert fits["learned-pq-16"]["recall@10"] >= 0.5 * fits["pq-16"]["recall@10"] > 0
+    coded = str(tmp_path / "learned-coded")
+    reduce.main(["--input", str(work / "embeddings"), "--reducer", str(work / "codecs" / "learned-pq-16"),
+                 "--output", coded])
+    with pytest.raises(InputError, match="searched by inner product"):
+        export.main(["--input", coded, "--output", str(tmp_path / "export"), "--target", "lancedb", "--table", "t"])
 
 
 def test_a_budget_nothing_fits_fails_before_any_work(tmp_path, corpus):

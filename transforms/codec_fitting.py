@@ -6,8 +6,8 @@ go to tf.Transform (``transforms.analyze``), where ``tft.min`` and ``tft.max``
 pass, read back as numpy arrays.
 
 PQ: the sampled rows (``transforms.fitting``) are gathered on one worker (the
-sample, never the corpus, is in memory) and trained with faiss; the trained
-codec is written in faiss's own format.
+sample, never the corpus, is in memory) and trained with faiss (then
+fine-tuned, for learned PQ); the trained codec is written in faiss's own format.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from core import codecs, files
+from core import codecs, files, learned_pq
 from core.errors import ArtifactError, InputError
 from core.pq import train_pq
 
@@ -59,9 +59,9 @@ class TrainPQ(beam.DoFn):
     Counters ``sample_rows`` and ``train_ms`` (namespace ``namespace``) report what it did.
     """
 
-    def __init__(self, path: str, dim: int, m: int, opq: bool, seed: int, namespace: str):
+    def __init__(self, path: str, dim: int, m: int, opq: bool, seed: int, namespace: str, fine_tune_steps: int = 0):
         self.path, self.dim, self.m, self.opq, self.seed = path, dim, m, opq, seed
-        self.namespace = namespace
+        self.namespace, self.fine_tune_steps = namespace, fine_tune_steps
 
     def process(self, blocks: list[np.ndarray]):
         sample = np.concatenate([b for b in blocks if len(b)] or [np.zeros((0, self.dim), np.float32)])
@@ -76,6 +76,9 @@ class TrainPQ(beam.DoFn):
             codec = train_pq(sample, self.m, opq=opq, seed=self.seed)
         except ValueError as e:
             raise InputError(f"cannot train a {self.m}-byte PQ codec on {len(sample)} rows: {e}") from None
+        if self.fine_tune_steps:
+            schedule = learned_pq.Schedule(steps=self.fine_tune_steps, seed=self.seed)
+            codec = learned_pq.fine_tune(codec, sample, schedule)
         files.write_atomic(self.path, codec.to_bytes())
         Metrics.counter(self.namespace, "sample_rows").inc(len(sample))
         Metrics.counter(self.namespace, "train_ms").inc(int(1000 * (time.monotonic() - start)))

@@ -5,8 +5,7 @@ import faiss
 import numpy as np
 import pytest
 
-from benchmarks import learned_pq
-from core import pq
+from core import learned_pq, pq
 
 pytestmark = pytest.mark.filterwarnings("ignore:PQ trained on")
 D, M = 32, 4

@@ -18,14 +18,14 @@ the hard assignment in the forward pass
 steps. The rotation stays orthogonal (a Cayley transform of a learned
 skew-symmetric matrix times the OPQ rotation), so the result is a standard
 faiss ``IndexPreTransform(OPQMatrix, IndexPQ)`` scored by inner product.
-Measured against OPQ in benchmarks/bench_learned_pq.py; not shipped, as it
-does not reach the gain that would justify a codec of its own.
+``fit-codec --fine_tune_steps`` fits it; measured against OPQ in
+benchmarks/bench_learned_pq.py.
 """
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import faiss
 import numpy as np
@@ -97,6 +97,8 @@ def fine_tune(codec: PQCodec, sample: np.ndarray, schedule: Schedule = Schedule(
 
     x = np.ascontiguousarray(sample, np.float32)
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    schedule = replace(schedule, batch=min(schedule.batch, len(x)), positives=min(schedule.positives, len(x) - 1),
+                       negatives=min(schedule.negatives, len(x)))  # a small sample: what it has
     rotation0, codebooks0 = parts(codec)
     near = neighbours(x, schedule.positives)
     rng = np.random.default_rng(schedule.seed)
@@ -164,7 +166,8 @@ class _Student:
         self.codebooks = tf.Variable(codebooks0)
         self.skew = tf.Variable(tf.zeros((self.d, self.d)))
         self.variables = [self.codebooks] + ([self.skew] if schedule.learn_rotation else [])
-        self.optimizer = tf.keras.optimizers.Adam(schedule.learning_rate)
+        self.moments = [(tf.Variable(tf.zeros_like(v)), tf.Variable(tf.zeros_like(v))) for v in self.variables]
+        self.updates = tf.Variable(0.0)
         self.step = tf.function(self._step, autograph=False)  # plain graph code: no source re-read
 
     def rotation(self):
@@ -209,8 +212,20 @@ class _Student:
             target = tf.nn.softmax(teacher / self.schedule.temperature, axis=-1)
             logits = tf.nn.log_softmax(student / self.schedule.temperature, axis=-1)
             kl = tf.reduce_mean(tf.reduce_sum(target * (tf.math.log(target + 1e-12) - logits), axis=-1))
-        self.optimizer.apply_gradients(zip(tape.gradient(kl, self.variables), self.variables))
+        self._adam(tape.gradient(kl, self.variables))
         return kl
+
+    def _adam(self, gradients) -> None:
+        """One Adam update (Kingma & Ba; Keras's defaults: beta 0.9 / 0.999, epsilon 1e-7)."""
+        import tensorflow as tf
+
+        b1, b2 = 0.9, 0.999
+        self.updates.assign_add(1.0)
+        rate = self.schedule.learning_rate * tf.sqrt(1 - b2 ** self.updates) / (1 - b1 ** self.updates)
+        for variable, gradient, (m, v) in zip(self.variables, gradients, self.moments):
+            m.assign_add((gradient - m) * (1 - b1))
+            v.assign_add((tf.square(gradient) - v) * (1 - b2))
+            variable.assign_sub(rate * m / (tf.sqrt(v) + 1e-7))
 
 
 def _subspace_scale(rotated: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
