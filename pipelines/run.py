@@ -150,6 +150,8 @@ def parse(argv: list[str] | None) -> tuple[RunConfig, list[str]]:
     config = dataclasses.replace(cfg.from_namespace(RunConfig, args, parser=parser), steps=step_overrides(args))
     if config.refit_on_drift and not config.incremental:
         raise InputError("--refit_on_drift goes with --incremental")
+    if config.learned_pq_steps < 0 or (config.learned_pq_steps and config.budget_bytes is None):
+        raise InputError("--learned_pq_steps is a step count (>= 0) that goes with --budget_bytes")
     if config.query_sample and not 0 < config.query_share < 1:  # fail now, not after embedding the corpus
         raise InputError(f"--query_share must be in (0, 1), got {config.query_share}")
     dim = config.step("embed", input=config.input, output="-").embedding_dim

@@ -51,8 +51,9 @@ def test_fine_tune_lowers_the_distillation_loss_and_exports_an_inner_product_cod
     assert faiss.downcast_index(index.index).metric_type == faiss.METRIC_INNER_PRODUCT
 
 
-def test_fine_tune_is_deterministic(codec, x):
-    schedule = learned_pq.Schedule(steps=20, batch=16, positives=5, negatives=16, assignment="fixed",
+@pytest.mark.parametrize("assignment", ["straight-through", "fixed"])
+def test_fine_tune_is_deterministic(codec, x, assignment):
+    schedule = learned_pq.Schedule(steps=20, batch=16, positives=5, negatives=16, assignment=assignment,
                                    reencode_every=10)
     a, b = (learned_pq.fine_tune(codec, x, schedule) for _ in range(2))
     np.testing.assert_array_equal(a.encode(x), b.encode(x))

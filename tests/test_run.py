@@ -216,4 +216,6 @@ def test_budget_picks_the_best_representation_that_fits_and_writes_it(tmp_path, 
 def test_a_budget_nothing_fits_fails_before_any_work(tmp_path, corpus):
     with pytest.raises(InputError, match="smallest is pq-8"):
         run.main(["--input", str(corpus), "--workdir", str(tmp_path / "w"), "--budget_bytes", "4"])
+    with pytest.raises(InputError, match="goes with --budget_bytes"):
+        run.main(["--input", str(corpus), "--workdir", str(tmp_path / "w"), "--learned_pq_steps", "400"])
     assert not (tmp_path / "w").exists()
