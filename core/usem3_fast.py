@@ -143,10 +143,16 @@ class CachedBackend:
         np.maximum(h, 0, out=h)
         h += x
         buf[:n_tokens] = h  # row n_tokens stays the zero row of out-of-sentence slots
-        c2 = buf[idx[:, cols]].reshape(n_tokens, n * _CNN) @ ref.w2[i]
+        c2 = self._second_layer(i, buf[:n_tokens + 1], idx[:, cols])
+        c2 += h
+        return c2
+
+    def _second_layer(self, i: int, h: np.ndarray, windows: np.ndarray) -> np.ndarray:
+        """ReLU(concat(h[windows]) @ W2 + b2) of CNN ``i``; ``h``'s last row is the zero row."""
+        ref = self.ref
+        c2 = h[windows].reshape(len(windows), -1) @ ref.w2[i]
         c2 += ref.b2[i]
         np.maximum(c2, 0, out=c2)
-        c2 += h
         return c2
 
     def _head(self, pooled: np.ndarray, lens: np.ndarray) -> np.ndarray:

