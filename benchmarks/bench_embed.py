@@ -43,6 +43,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import financial_corpus  # noqa: E402
 import results  # noqa: E402
 
+from core.encoders import resolve_precision  # noqa: E402
+
 TITLE = "Embedding job vs the bare encoder"
 DATA_DIR = REPO.parent / "shared" / "data"
 
@@ -113,12 +115,6 @@ def measure(texts: list[str], rounds: int) -> tuple[dict[str, list[float]], dict
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return runs, peaks
-
-
-def resolve_precision(precision: str) -> str:
-    from core.encoders import resolve_precision
-
-    return resolve_precision(precision)
 
 
 def table(runs: dict[str, list[float]], peaks: dict[str, float], n: int, tokens: int, rounds: int,
