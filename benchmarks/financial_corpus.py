@@ -9,6 +9,9 @@ import html
 import os
 import re
 from pathlib import Path
+from typing import Iterator
+
+import numpy as np
 
 from core.textnorm import normalize
 
@@ -219,3 +222,22 @@ def write_financial_corpus(data_dir: str | os.PathLike, out_path: str | os.PathL
 
 
 # --------------------------------------------------------------------------- golden sets (BEIR)
+
+
+def variants(sentences: list[str], n: int, swap: float = 0.3, seed: int = 0) -> Iterator[str]:
+    """``n`` sentences shaped like ``sentences``: the real ones in a seeded cycle, each word swapped with
+    probability ``swap`` for a word drawn from the corpus's own word frequencies.
+
+    Each variant has its source sentence's word count and the corpus's vocabulary, so lengths,
+    tokens per sentence and token-id reuse follow real text at any size (the corpus has ~200k
+    real sentences; the scale benchmark needs millions). Rare repeats are left to embed's dedupe.
+    """
+    rng = np.random.default_rng(seed)
+    words = [s.split() for s in sentences]
+    vocabulary = np.array([w for ws in words for w in ws], dtype=object)  # frequency-weighted by repetition
+    order = rng.permutation(len(words))
+    for i in range(n):
+        source = words[order[i % len(words)]]
+        swapped = rng.random(len(source)) < swap
+        draws = iter(vocabulary[rng.integers(0, len(vocabulary), int(swapped.sum()))])
+        yield " ".join(next(draws) if s else w for w, s in zip(source, swapped))

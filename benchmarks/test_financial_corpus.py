@@ -48,3 +48,14 @@ def test_financial_corpus_dedup_and_filter(tmp_path, monkeypatch):
     assert sentences == ["Gold prices rise sharply today", "Caf\u00e9 owners raise prices again"]
     assert counts["a"] == {"read": 3, "too_short": 1, "duplicate": 1, "kept": 1}
     assert counts["b"]["duplicate"] == 1  # NFC makes the two spellings one sentence
+
+
+def test_variants_keep_each_sources_word_count_and_vocabulary():
+    real = [f"company {i} reported revenue of {i * 7} million in quarter {i % 4}" for i in range(50)] + [
+        "shares fell", "the board approved a dividend"]
+    out = list(financial_corpus.variants(real, 520, swap=0.3, seed=1))
+    assert out == list(financial_corpus.variants(real, 520, swap=0.3, seed=1))  # deterministic
+    vocabulary = {w for s in real for w in s.split()}
+    assert all(set(s.split()) <= vocabulary for s in out)
+    assert sorted(len(s.split()) for s in out[:52]) == sorted(len(s.split()) for s in real)  # one cycle
+    assert len(set(out)) > 500 and sum(s in set(real) for s in out) < 26  # mostly new sentences

@@ -19,9 +19,11 @@ from core.usem3_fast import _CNN, _ORDERS, CachedBackend
 
 
 def native_bf16() -> bool:
-    """Whether OpenVINO's CPU plugin runs bf16 natively on this machine."""
-    import openvino
-
+    """Whether OpenVINO's CPU plugin runs bf16 natively on this machine (False where OpenVINO is missing)."""
+    try:
+        import openvino
+    except ImportError:
+        return False
     return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 

@@ -60,8 +60,10 @@ class EncoderModelHandler(ModelHandler[str, PredictionResult, Encoder]):
 
     def load_model(self) -> Encoder:
         threads = self.threads or worker_threads(self.processes_per_machine)
-        log.info("loading encoder %s (%s) with %d BLAS thread(s)", self.spec, self.precision, threads)
-        return load_encoder(self.spec, threads, self.precision)
+        encoder = load_encoder(self.spec, threads, self.precision)
+        log.info("loaded encoder %s (precision %s) with %d thread(s)", self.spec,
+                 getattr(encoder, "precision", "of the model"), threads)
+        return encoder
 
     def run_inference(self, batch: Sequence[str], model: Encoder,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
