@@ -49,8 +49,11 @@ class Bf16Backend(CachedBackend):
 
         super().__init__(backend, **kwargs)
         core = openvino.Core()
+        # no per-shape runtime cache: each batch has its own token count, and the cache only grew the
+        # worker (0.94 vs 0.86 GiB after 400,000 sentences, same speed)
         config = {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": int(threads),
-                  "ENABLE_CPU_PINNING": False, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+                  "ENABLE_CPU_PINNING": False, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                  "CPU_RUNTIME_CACHE_CAPACITY": 0}
         self.requests = [core.compile_model(_second_layer_model(n, w2, b2), "CPU", config).create_infer_request()
                          for (n, _), w2, b2 in zip(_ORDERS, backend.w2, backend.b2)]
 
